@@ -1,0 +1,1 @@
+"""The shared dense/MoE trainer. Knows nothing of Ray or MLflow: it takes a RunConfig and a report callback."""
