@@ -2,7 +2,7 @@
 # Set up (idempotent) and run the whole test suite on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 . .venv/bin/activate
 export RAY_AUTH_MODE=disabled TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 ruff check .

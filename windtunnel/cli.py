@@ -60,4 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # re-import through the package so UserError is the same class the subcommands raise
+    from windtunnel.cli import main as _main
+
+    sys.exit(_main())
