@@ -1,0 +1,254 @@
+"""Export a RunConfig as a Hugging Face ``config.json`` (BailingMoeV2 field names) and Megatron-LM arguments.
+
+Field names follow the BailingMoeV2 configuration class of the Ling 2.0 release (``BailingMoeV2Config``:
+num_experts, num_shared_experts, num_experts_per_tok, n_group, topk_group, moe_intermediate_size,
+first_k_dense_replace, routed_scaling_factor, score_function, partial_rotary_factor, use_qk_norm, head_dim,
+num_key_value_heads, num_nextn_predict_layers, mtp_loss_scaling_factor, moe_router_enable_expert_bias ...).
+Megatron-LM flags follow the Ling-V2 pre-training script (examples/pretrain/run_pretrain_4k.sh of
+inclusionAI/Ling-V2, Megatron-LM core 0.13): --num-experts, --moe-router-topk, --moe-ffn-hidden-size,
+--moe-shared-expert-intermediate-size, --moe-layer-freq, --moe-router-score-function sigmoid,
+--moe-router-enable-expert-bias, --moe-router-num-groups, --moe-router-group-topk,
+--moe-router-topk-scaling-factor, --fp8-format e4m3, --fp8-recipe blockwise, --mtp-num-layers ...
+WSM has no Megatron schedule of its own: it is a constant LR after warmup (--lr-decay-style constant) with a
+checkpoint every --save-interval steps; the merge of the last ``merge_window`` checkpoints happens offline
+(``python -m trainer merge``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.config import RunConfig
+
+
+def hf_config(run_cfg: RunConfig) -> dict[str, Any]:
+    """A ``config.json`` dict for ``BailingMoeV2ForCausalLM`` describing ``run_cfg.model``.
+
+    A dense model is written as BailingMoeV2 with every layer dense (first_k_dense_replace = layers).
+    """
+    m = run_cfg.model
+    moe = m.moe
+    cfg: dict[str, Any] = {
+        "architectures": ["BailingMoeV2ForCausalLM"],
+        "model_type": "bailing_moe_v2",
+        "auto_map": {
+            "AutoConfig": "configuration_bailing_moe_v2.BailingMoeV2Config",
+            "AutoModel": "modeling_bailing_moe_v2.BailingMoeV2Model",
+            "AutoModelForCausalLM": "modeling_bailing_moe_v2.BailingMoeV2ForCausalLM",
+        },
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.d_model,
+        "intermediate_size": m.d_ffn,
+        "num_hidden_layers": m.n_layers,
+        "num_attention_heads": m.n_heads,
+        "num_key_value_heads": m.n_kv_heads,
+        "head_dim": m.head_dim_,
+        "hidden_act": "silu",
+        "use_qkv_bias": False,
+        "use_bias": False,
+        "rms_norm_eps": m.norm_eps,
+        "tie_word_embeddings": m.tie_embeddings,
+        "embedding_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "output_dropout": 0.0,
+        "initializer_range": m.init_std,
+        "max_position_embeddings": m.seq_len,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": None,
+        "partial_rotary_factor": m.rope_fraction,
+        "use_qk_norm": m.qk_norm,
+        "max_window_layers": m.n_layers,
+        "num_nextn_predict_layers": m.n_mtp_layers,
+        "mtp_loss_scaling_factor": m.mtp_loss_weight if m.n_mtp_layers else 0.0,
+        "use_cache": True,
+        "output_router_logits": False,
+        "torch_dtype": "bfloat16",
+    }
+    if moe is not None:
+        cfg.update(
+            {
+                "num_experts": moe.n_experts,
+                "num_shared_experts": moe.n_shared_experts,
+                "num_experts_per_tok": moe.top_k,
+                "n_group": moe.n_groups,
+                "topk_group": moe.topk_groups,
+                "moe_intermediate_size": moe.d_expert,
+                "first_k_dense_replace": moe.n_dense_layers,
+                "routed_scaling_factor": moe.route_scale,
+                "score_function": moe.score_func,
+                "norm_topk_prob": moe.norm_topk,
+                "moe_router_enable_expert_bias": moe.balance == "bias",
+                "router_dtype": "fp32",
+            }
+        )
+    else:
+        cfg.update(
+            {
+                "num_experts": 0,
+                "num_shared_experts": 0,
+                "num_experts_per_tok": 0,
+                "n_group": 1,
+                "topk_group": 1,
+                "moe_intermediate_size": m.d_ffn,
+                "first_k_dense_replace": m.n_layers,
+                "routed_scaling_factor": 1.0,
+                "score_function": "sigmoid",
+                "norm_topk_prob": True,
+                "moe_router_enable_expert_bias": False,
+            }
+        )
+    return cfg
+
+
+def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
+    """Megatron-LM ``pretrain_gpt.py`` arguments as (flag, value or None for a switch), in Ling-V2's order."""
+    m, o, s, p, par = run_cfg.model, run_cfg.optim, run_cfg.schedule, run_cfg.precision, run_cfg.parallel
+    steps = run_cfg.steps
+    args: list[tuple[str, str | None]] = []
+
+    def add(flag: str, value: Any = None) -> None:
+        args.append((flag, None if value is None else _fmt(value)))
+
+    moe = m.moe
+    if moe is not None:
+        layer_freq = "[" + ",".join("0" if i < moe.n_dense_layers else "1" for i in range(m.n_layers)) + "]"
+        add("--num-experts", moe.n_experts)
+        add("--moe-router-topk", moe.top_k)
+        add("--moe-ffn-hidden-size", moe.d_expert)
+        if moe.n_shared_experts:
+            add("--moe-shared-expert-intermediate-size", moe.n_shared_experts * moe.d_expert)
+        add("--moe-layer-freq", layer_freq)
+        add("--moe-router-score-function", moe.score_func)
+        if moe.balance == "bias":
+            add("--moe-router-enable-expert-bias")
+            add("--moe-router-bias-update-rate", moe.bias_update_rate)
+        add("--moe-router-topk-scaling-factor", moe.route_scale)
+        add("--moe-router-num-groups", moe.n_groups)
+        add("--moe-router-group-topk", moe.topk_groups)
+        if moe.seq_aux_loss_coef > 0:
+            add("--moe-router-load-balancing-type", "seq_aux_loss")
+            add("--moe-aux-loss-coeff", moe.seq_aux_loss_coef)
+        else:
+            add("--moe-router-load-balancing-type", "none")
+            add("--moe-aux-loss-coeff", 0)
+        if moe.z_loss_coef > 0:
+            add("--moe-z-loss-coeff", moe.z_loss_coef)
+        add("--moe-router-dtype", "fp32")
+        add("--moe-grouped-gemm")
+        add("--moe-token-dispatcher-type", "alltoall")
+    if m.n_mtp_layers:
+        add("--mtp-num-layers", m.n_mtp_layers)
+        add("--mtp-loss-scaling-factor", m.mtp_loss_weight)
+
+    add("--num-layers", m.n_layers)
+    add("--hidden-size", m.d_model)
+    add("--ffn-hidden-size", m.d_ffn)
+    add("--num-attention-heads", m.n_heads)
+    add("--group-query-attention")
+    add("--num-query-groups", m.n_kv_heads)
+    add("--kv-channels", m.head_dim_)
+    if m.qk_norm:
+        add("--qk-layernorm")
+    add("--seq-length", m.seq_len)
+    add("--max-position-embeddings", m.seq_len)
+    add("--vocab-size", m.vocab_size)
+    add("--make-vocab-size-divisible-by", 128)
+    add("--position-embedding-type", "rope")
+    add("--rotary-base", m.rope_theta)
+    add("--rotary-percent", m.rope_fraction)
+    add("--swiglu")
+    if not m.tie_embeddings:
+        add("--untie-embeddings-and-output-weights")
+    add("--normalization", "RMSNorm")
+    add("--norm-epsilon", m.norm_eps)
+    add("--disable-bias-linear")
+    add("--attention-dropout", 0)
+    add("--hidden-dropout", 0)
+    add("--init-method-std", m.init_std)
+
+    add("--micro-batch-size", max(1, (o.micro_batch_size or o.batch_size) // par.dp))
+    add("--global-batch-size", o.batch_size)
+    add("--train-iters", steps)
+    add("--lr", o.lr)
+    add("--min-lr", o.lr * o.min_lr_ratio)
+    add("--lr-warmup-iters", round(s.warmup_fraction * steps))
+    if s.kind in ("wsm", "constant"):
+        add("--lr-decay-style", "constant")
+    elif s.kind == "cosine":
+        add("--lr-decay-style", "cosine")
+        add("--lr-decay-iters", steps)
+    else:  # wsd
+        add("--lr-decay-style", "WSD")
+        add("--lr-decay-iters", steps)
+        add("--lr-wsd-decay-style", "linear" if s.decay_shape == "linear" else "minus_sqrt")
+        add("--lr-wsd-decay-iters", round(s.decay_fraction * steps))
+    add("--weight-decay", o.weight_decay)
+    add("--adam-beta1", o.beta1)
+    add("--adam-beta2", o.beta2)
+    add("--adam-eps", o.eps)
+    add("--clip-grad", o.grad_clip)
+    add("--seed", run_cfg.seed)
+    add("--bf16")
+    if p.dtype == "fp8":
+        add("--fp8-format", "e4m3")
+        add("--fp8-recipe", "blockwise")
+
+    add("--tensor-model-parallel-size", par.tp)
+    add("--pipeline-model-parallel-size", par.pp)
+    add("--expert-model-parallel-size", par.ep)
+    add("--expert-tensor-parallel-size", 1)
+    if par.tp > 1:
+        add("--sequence-parallel")
+    if par.zero_stage >= 1:
+        add("--use-distributed-optimizer")
+    if par.activation_checkpointing:
+        add("--recompute-granularity", "full")
+        add("--recompute-method", "uniform")
+        add("--recompute-num-layers", 1)
+    if s.kind == "wsm":
+        add("--save-interval", s.checkpoint_interval or max(1, steps // 100))
+    add("--eval-interval", run_cfg.eval_interval)
+    add("--log-interval", run_cfg.log_interval)
+    return args
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def megatron_argv(run_cfg: RunConfig) -> list[str]:
+    """The arguments as an argv list (``pretrain_gpt.py *argv``)."""
+    out: list[str] = []
+    for flag, value in megatron_args(run_cfg):
+        out.append(flag)
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def megatron_text(run_cfg: RunConfig) -> str:
+    """One flag per line; no value contains a space, so ``pretrain_gpt.py $(cat OUT.megatron.args)`` works."""
+    lines = [flag if value is None else f"{flag} {value}" for flag, value in megatron_args(run_cfg)]
+    return "\n".join(lines) + "\n"
+
+
+def write_exports(run_cfg: RunConfig, out_yaml: Path) -> dict[str, Path]:
+    """Write OUT.yaml, OUT.hf_config.json and OUT.megatron.args; returns their paths."""
+    out_yaml = Path(out_yaml)
+    out_yaml.parent.mkdir(parents=True, exist_ok=True)
+    stem = out_yaml.with_suffix("")
+    paths = {
+        "config": out_yaml,
+        "hf_config": Path(f"{stem}.hf_config.json"),
+        "megatron_args": Path(f"{stem}.megatron.args"),
+    }
+    run_cfg.to_yaml(paths["config"])
+    paths["hf_config"].write_text(json.dumps(hf_config(run_cfg), indent=2) + "\n")
+    paths["megatron_args"].write_text(megatron_text(run_cfg))
+    return paths
