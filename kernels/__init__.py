@@ -1,1 +1,1 @@
-"""Triton kernels for FP8 block-scaled training and MoE grouped GEMM, each beside a plain-PyTorch reference."""
+"""Triton kernels for FP8 block-scaled training and MoE grouped GEMM, each beside a PyTorch reference."""
