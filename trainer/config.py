@@ -148,6 +148,7 @@ class ScheduleConfig(_Strict):
     kind: Literal["wsm", "wsd", "cosine", "constant"] = "wsm"
     warmup_fraction: float = Field(0.02, ge=0, lt=1, description="share of steps in linear warmup")
     decay_fraction: float = Field(0.2, ge=0, le=1, description="WSD: share of steps in the decay")
+    decay_shape: Literal["linear", "1-sqrt"] = Field("linear", description="WSD: decay curve f(x)")
     checkpoint_interval: int = Field(0, ge=0, description="WSM: steps between merge checkpoints (0: auto)")
     merge_window: int = Field(8, ge=1, description="WSM: number of checkpoints merged")
     merge_shape: Literal["mean", "1-sqrt", "ema", "linear"] = "mean"
