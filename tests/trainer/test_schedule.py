@@ -1,0 +1,114 @@
+"""Schedule shapes and WSM merge weights (trainer/schedule.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainer.config import RunConfig
+from trainer.schedule import (
+    LRSchedule,
+    checkpoint_interval,
+    decay_shape_weights,
+    merge_checkpoint_steps,
+    merge_weights,
+    merge_weights_from_decay,
+)
+
+
+def _cfg(kind: str, **sched) -> RunConfig:
+    # 100 steps: tokens = 100 * batch_size * seq_len
+    return RunConfig.from_dict(
+        {
+            "model": {"seq_len": 16},
+            "optim": {"lr": 1e-2, "batch_size": 2, "tokens": 100 * 32, "min_lr_ratio": 0.1},
+            "schedule": {"kind": kind, "warmup_fraction": 0.1, **sched},
+        }
+    )
+
+
+def test_warmup_is_linear_and_reaches_peak() -> None:
+    s = LRSchedule.from_config(_cfg("wsm"))
+    assert s.total_steps == 100 and s.warmup_steps == 10
+    assert s(0) == pytest.approx(1e-3)
+    assert s(4) == pytest.approx(5e-3)
+    assert s(9) == pytest.approx(1e-2)
+    assert all(s(t) == pytest.approx(1e-2) for t in range(10, 100))  # WSM: constant after warmup
+
+
+def test_wsd_linear_and_1sqrt_decay() -> None:
+    lin = LRSchedule.from_config(_cfg("wsd", decay_fraction=0.2))
+    sq = LRSchedule.from_config(_cfg("wsd", decay_fraction=0.2, decay_shape="1-sqrt"))
+    assert lin.decay_steps == 20
+    assert lin(79) == pytest.approx(1e-2)  # still stable
+    # halfway through the decay: x = (89 - 80 + 1)/20 = 0.5
+    assert lin(89) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))
+    assert sq(89) == pytest.approx(1e-2 * (0.1 + 0.9 * (1 - math.sqrt(0.5))))
+    assert lin(99) == pytest.approx(1e-3) and sq(99) == pytest.approx(1e-3)  # ends at min_lr_ratio * peak
+    decay = [lin(t) for t in range(80, 100)]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert all(sq(t) < lin(t) for t in range(80, 99))  # 1-sqrt drops faster early
+
+
+def test_cosine_shape() -> None:
+    s = LRSchedule.from_config(_cfg("cosine"))
+    assert s(9) == pytest.approx(1e-2)
+    mid = 10 + 45 - 1  # x = 0.5
+    assert s(mid) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))
+    assert s(99) == pytest.approx(1e-3)
+    vals = [s(t) for t in range(10, 100)]
+    assert all(a > b for a, b in zip(vals, vals[1:], strict=False))
+
+
+def test_constant() -> None:
+    s = LRSchedule.from_config(_cfg("constant", warmup_fraction=0.0))
+    assert {s(t) for t in range(100)} == {1e-2}
+
+
+def test_merge_weights_from_decay_hand_computed() -> None:
+    w = [0.75, 0.5, 0.25]
+    c = merge_weights_from_decay(w)
+    assert c == pytest.approx([0.25, 0.25, 0.25, 0.25])
+    c2 = merge_weights_from_decay([0.9, 0.4])
+    assert c2 == pytest.approx([0.1, 0.5, 0.4])
+    # w_i = sum_{j >= i} c_j recovers the decay
+    assert [sum(c2[i:]) for i in (1, 2)] == pytest.approx([0.9, 0.4])
+    with pytest.raises(ValueError):
+        merge_weights_from_decay([0.2, 0.5])  # not non-increasing
+
+
+@pytest.mark.parametrize("shape", ["mean", "linear", "1-sqrt", "ema"])
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_merge_weights_sum_to_one_and_nonnegative(shape: str, n: int) -> None:
+    c = merge_weights(n, shape, ema_decay=0.8)  # type: ignore[arg-type]
+    assert len(c) == n
+    assert sum(c) == pytest.approx(1.0)
+    assert min(c) >= -1e-12
+
+
+def test_mean_merge_is_linear_decay() -> None:
+    for n in (2, 4, 8):
+        assert merge_weights(n, "mean") == pytest.approx(merge_weights(n, "linear"))
+        k = n - 1
+        assert decay_shape_weights(k, "linear") == pytest.approx([1 - i / n for i in range(1, n)])
+
+
+def test_shape_1sqrt_and_ema() -> None:
+    # 1-sqrt decays faster than linear at every point: w_i = 1 - sqrt(i/(k+1)) < 1 - i/(k+1).
+    k = 7
+    w_sqrt, w_lin = decay_shape_weights(k, "1-sqrt"), decay_shape_weights(k, "mean")
+    assert all(a < b for a, b in zip(w_sqrt, w_lin, strict=True))
+    # EMA implied decay w_i = 1 - beta^(k-i+1)
+    assert decay_shape_weights(2, "ema", ema_decay=0.5) == pytest.approx([0.75, 0.5])
+    c = merge_weights(3, "ema", ema_decay=0.5)
+    assert c == pytest.approx([0.25, 0.25, 0.5])  # beta^2, beta(1-beta), (1-beta)
+
+
+def test_checkpoint_interval_and_steps() -> None:
+    assert checkpoint_interval(1000, 8) == 25  # 8 checkpoints over the last ~20%
+    assert checkpoint_interval(1000, 8, interval=7) == 7
+    assert checkpoint_interval(10, 8) == 1
+    steps = merge_checkpoint_steps(1000, 8, 25)
+    assert steps == [825, 850, 875, 900, 925, 950, 975, 1000]
+    assert merge_checkpoint_steps(5, 8, 1) == [1, 2, 3, 4, 5]

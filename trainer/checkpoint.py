@@ -1,0 +1,207 @@
+"""Checkpoints: atomic writes, sha256 checksums, fallback on corruption, retention, WSM merge checkpoints.
+
+Layout under a run's ``workdir``:
+
+- ``checkpoints/step_00000120.pt`` (+ ``.sha256``): full training state for resume — model state dict,
+  all named buffers (expert biases included), optimizer, RNG states, step, schedule state. The last
+  ``keep_last`` are kept.
+- ``merge/step_00000120.pt`` (+ ``.sha256``): model weights only, saved at the WSM merge steps; never pruned
+  by the retention rule (they are the inputs of the final merge and of ``python -m trainer merge``).
+
+A write goes to a temporary file in the same folder, is fsynced, and is renamed over the target
+(``os.replace`` is atomic on POSIX), then its checksum file is written the same way. A checkpoint whose
+checksum is missing or does not match is treated as corrupt: ``CheckpointManager.load_latest`` warns and
+falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_STEP_RE = re.compile(r"^step_(\d{8,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or fails its checksum."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically ``torch.save`` ``state`` to ``path`` and write ``path.sha256`` beside it."""
+    path = Path(path)
+    _atomic_write_bytes(path, lambda f: torch.save(state, f))
+    digest = sha256_file(path)
+    _atomic_write_bytes(
+        path.with_name(path.name + ".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode())
+    )
+    return path
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` exists and matches its stored sha256."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if not sidecar.exists():
+        raise CheckpointError(f"{path}: checksum file missing")
+    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"{path}: checksum mismatch (stored {expected[:12]}, file {actual[:12]})")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` (checksum verified unless ``verify=False``)."""
+    if verify:
+        verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a truncated or garbled file
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+
+
+def step_of(path: str | Path) -> int:
+    m = _STEP_RE.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path}: not a step_XXXXXXXX.pt checkpoint name")
+    return int(m.group(1))
+
+
+def list_step_files(folder: str | Path) -> list[Path]:
+    """``step_*.pt`` files in ``folder``, sorted by step (oldest first)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _STEP_RE.match(p.name)), key=step_of)
+
+
+# ---- RNG state ------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- model/optimizer state ------------------------------------------------------------------------------
+
+
+def training_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything needed to resume: weights, every named buffer (expert biases even if non-persistent),
+    optimizer state, RNG states, the completed step count and ``extra`` (schedule state, best loss, …)."""
+    return {
+        "step": step,
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "buffers": {k: v.detach().cpu().clone() for k, v in model.named_buffers()},
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "extra": dict(extra or {}),
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> int:
+    """Load ``state`` (from ``training_state``) into model, optimizer and the RNGs; returns the step."""
+    model.load_state_dict(state["model"])
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in state.get("buffers", {}).items():
+            if name in buffers:
+                buffers[name].copy_(value.to(buffers[name].device))
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class CheckpointManager:
+    """Full checkpoints (keep the last ``keep_last``) and WSM merge checkpoints under one run folder."""
+
+    def __init__(self, workdir: str | Path, keep_last: int = 2) -> None:
+        self.workdir = Path(workdir)
+        self.ckpt_dir = self.workdir / "checkpoints"
+        self.merge_dir = self.workdir / "merge"
+        self.keep_last = max(1, keep_last)
+
+    def path_for(self, step: int, merge: bool = False) -> Path:
+        return (self.merge_dir if merge else self.ckpt_dir) / f"step_{step:08d}.pt"
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Save a full checkpoint, then prune all but the newest ``keep_last`` full checkpoints."""
+        path = save_checkpoint(self.path_for(step), state)
+        for old in list_step_files(self.ckpt_dir)[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        return path
+
+    def save_merge(self, step: int, model_state: dict[str, torch.Tensor]) -> Path:
+        """Save a WSM merge checkpoint (model weights only, never pruned)."""
+        return save_checkpoint(self.path_for(step, merge=True), {"step": step, "model": model_state})
+
+    def merge_paths(self, steps: list[int] | None = None) -> list[Path]:
+        """Merge checkpoints on disk (oldest first), restricted to ``steps`` when given."""
+        paths = list_step_files(self.merge_dir)
+        if steps is not None:
+            wanted = set(steps)
+            paths = [p for p in paths if step_of(p) in wanted]
+        return paths
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """Newest full checkpoint that passes its checksum; corrupt ones are skipped with a warning."""
+        for path in reversed(list_step_files(self.ckpt_dir)):
+            try:
+                return load_checkpoint(path, map_location=map_location)
+            except CheckpointError as err:
+                warnings.warn(f"skipping corrupt checkpoint: {err}", stacklevel=2)
+        return None
