@@ -1,0 +1,82 @@
+"""Headless Debian chromium driven by Selenium, for the browser tests and the dashboard benchmark.
+
+Uses the system browser and driver only (``/usr/bin/chromium``, ``/usr/bin/chromedriver``); nothing is
+downloaded (Selenium Manager is kept offline).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,3200",
+]
+
+# (graph id, number of traces) for every rendered Plotly graph on the page
+GRAPH_STATE_JS = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (g) {
+  var host = g.closest('[id^="g-"]');
+  return [host ? host.id : '', (g.data || []).length];
+});
+"""
+
+
+def browser_available() -> str | None:
+    """None when chromium, chromedriver and selenium are all present, else the reason they are not."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (os.path.exists(path) or shutil.which(os.path.basename(path))):
+            return f"{path} not installed (apt-get install -y chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium not installed"
+    return None
+
+
+def start_chromium() -> Any:
+    """A headless Chrome WebDriver on the system chromium with a fresh profile and browser-console logging."""
+    os.environ.setdefault("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='wt-chromium-')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+
+
+def wait_for_graphs(driver: Any, n_graphs: int, timeout_s: float = 60.0) -> list[list[Any]]:
+    """Poll until ``n_graphs`` Plotly graphs are drawn with at least one trace and Dash is idle."""
+    deadline = time.monotonic() + timeout_s
+    state: list[list[Any]] = []
+    while time.monotonic() < deadline:
+        state = driver.execute_script(GRAPH_STATE_JS)
+        loading = driver.execute_script(
+            "return document.querySelectorAll('[data-dash-is-loading=\"true\"]').length"
+        )
+        if len(state) >= n_graphs and all(n > 0 for _, n in state) and not loading:
+            return state
+        time.sleep(0.02)
+    raise TimeoutError(f"graphs not rendered within {timeout_s} s: {state}")
+
+
+def console_errors(driver: Any) -> list[str]:
+    """SEVERE entries of the browser console since the last call."""
+    return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

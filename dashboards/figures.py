@@ -1,0 +1,348 @@
+"""Plotly figures of the dashboard and the static report, drawn from ``dashboards.analysis`` aggregates.
+
+Every figure is a plain ``plotly.graph_objects.Figure`` (log axes where the quantity spans decades, hover
+text naming the run), so the Dash app and the offline HTML report draw the same thing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboards import analysis
+from dashboards.analysis import (
+    IsoFlopProfile,
+    Laws,
+    leverage_grid,
+    near_optimal,
+    predict,
+)
+
+FAMILY_COLORS = {"dense": "#1f77b4", "moe": "#d62728"}
+STATE_COLORS = {
+    "finished": "#2ca02c",
+    "running": "#1f77b4",
+    "failed": "#d62728",
+    "diverged": "#ff7f0e",
+    "killed": "#7f7f7f",
+    "scheduled": "#bcbd22",
+}
+LAYOUT = dict(
+    template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=50), legend=dict(font=dict(size=10))
+)
+
+
+def _color(family: str) -> str:
+    return FAMILY_COLORS.get(family, "#9467bd")
+
+
+def _empty(title: str, why: str) -> go.Figure:
+    fig = go.Figure(layout=dict(title=title, **LAYOUT))
+    fig.add_annotation(text=why, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    return [
+        f"{r.run_name or r.run_id[:8]}<br>sweep={r.sweep} family={r.family}<br>N={r.params:.3g} "
+        f"D={r.tokens:.3g} C={r.compute:.3g}<br>lr={r.lr:.3g} batch={r.batch_tokens:.3g} loss={r.loss:.4f}"
+        for r in df.itertuples()
+    ]
+
+
+def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str, color: str, **kw) -> None:
+    """A filled 95% band: one closed polygon trace (x forth, then back)."""
+    fig.add_trace(
+        go.Scatter(
+            x=np.concatenate([x, x[::-1]]),
+            y=np.concatenate([hi, lo[::-1]]),
+            fill="toself",
+            fillcolor=color,
+            opacity=0.25,
+            line=dict(width=0),
+            hoverinfo="skip",
+            name=name,
+            **kw,
+        )
+    )
+
+
+def progress_figure(progress: pd.DataFrame) -> go.Figure:
+    """Trials per sweep, stacked by state: one bar trace per state present."""
+    if progress.empty:
+        return _empty("Sweep progress", "no runs yet")
+    fig = go.Figure(layout=dict(title="Sweep progress (trials by state)", barmode="stack", **LAYOUT))
+    for state, grp in progress.groupby("state"):
+        fig.add_trace(
+            go.Bar(
+                x=grp["sweep"], y=grp["count"], name=state, marker_color=STATE_COLORS.get(state, "#17becf")
+            )
+        )
+    fig.update_yaxes(title="trials")
+    return fig
+
+
+def loss_curves_figure(
+    curves: dict[str, pd.DataFrame], runs: pd.DataFrame, metric: str = "loss"
+) -> go.Figure:
+    """One line per run (step vs ``metric``, log-log), coloured by family."""
+    if not curves:
+        return _empty(f"{metric} curves", "no runs selected")
+    fig = go.Figure(layout=dict(title=f"{metric} curves ({len(curves)} most recent runs)", **LAYOUT))
+    info = runs.set_index("run_id")
+    shown: set[str] = set()
+    for run_id, curve in curves.items():
+        r = info.loc[run_id]
+        fam = r["family"]
+        fig.add_trace(
+            go.Scatter(
+                x=curve["step"],
+                y=curve["value"],
+                mode="lines",
+                name=fam,
+                legendgroup=fam,
+                showlegend=fam not in shown,
+                line=dict(color=_color(fam), width=1),
+                hovertemplate=f"{r['run_name'] or run_id[:8]} ({r['state']})<br>step %{{x}}"
+                f"<br>{metric} %{{y:.4f}}<extra></extra>",
+            )
+        )
+        shown.add(fam)
+    fig.update_xaxes(type="log", title="step")
+    fig.update_yaxes(type="log", title=metric)
+    return fig
+
+
+def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
+    """Per budget: runs (markers), fitted parabola in ln N (line), its optimum (star); plus the ``params_opt``
+    law's N_opt at each budget (one trace of crosses) when the law file has it."""
+    if not profiles:
+        return _empty("IsoFLOP profiles", "no finished runs")
+    fig = go.Figure(layout=dict(title="IsoFLOP profiles: loss vs parameters at fixed compute", **LAYOUT))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for i, p in enumerate(profiles):
+        col = palette[i % len(palette)]
+        label = f"C={p.budget:.2g}"
+        fig.add_trace(
+            go.Scatter(
+                x=p.runs["params"],
+                y=p.runs["loss"],
+                mode="markers",
+                name=label,
+                legendgroup=label,
+                marker=dict(color=col, size=6),
+                text=_hover(p.runs),
+                hoverinfo="text",
+            )
+        )
+        if p.coeffs is not None:
+            c0, c1, c2 = p.coeffs
+            x = np.linspace(np.log(p.runs["params"].min()), np.log(p.runs["params"].max()), 50)
+            fig.add_trace(
+                go.Scatter(
+                    x=np.exp(x),
+                    y=c0 + c1 * x + c2 * x**2,
+                    mode="lines",
+                    legendgroup=label,
+                    showlegend=False,
+                    line=dict(color=col),
+                    name=f"{label} fit",
+                )
+            )
+        if p.n_opt is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.n_opt],
+                    y=[p.loss_opt],
+                    mode="markers",
+                    legendgroup=label,
+                    showlegend=False,
+                    marker=dict(symbol="star", size=14, color=col, line=dict(color="black", width=1)),
+                    name=f"{label} optimum",
+                    hovertemplate="parabola optimum<br>N*=%{x:.3g}<br>L*=%{y:.4f}<extra></extra>",
+                )
+            )
+    budgets = np.array([p.budget for p in profiles if p.loss_opt is not None])
+    l_opt = [p.loss_opt for p in profiles if p.loss_opt is not None]
+    allocation = [n for n in sorted(laws.entries) if analysis.base_name(n) == "params_opt" and laws.has(n)]
+    for k, name in enumerate(allocation if budgets.size else []):  # params_opt, or one per family
+        n_law, _, _ = predict(laws, name, budgets)
+        fig.add_trace(
+            go.Scatter(
+                x=n_law,
+                y=l_opt,
+                mode="markers",
+                name=f"{name} law",
+                marker=dict(symbol=["x", "cross", "triangle-up"][k % 3], size=11, color="black"),
+                hovertemplate=f"{name}: N_opt=%{{x:.3g}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(type="log", title="non-embedding active parameters N")
+    fig.update_yaxes(title="final loss")
+    return fig
+
+
+def frontier_figure(runs: pd.DataFrame, laws: Laws, target: float) -> go.Figure:
+    """Finished runs (loss vs compute, per family), the fitted frontier L = E + A·C^−alpha from the smallest
+    budget to the target compute with its 95% band, and the predicted loss at the target with its interval."""
+    done = runs[(runs["state"] == "finished") & np.isfinite(runs["loss"]) & (runs["compute"] > 0)]
+    if done.empty and not laws.has("frontier"):
+        return _empty("Loss frontier", "no finished runs and no frontier law")
+    fig = go.Figure(layout=dict(title="Loss frontier and extrapolation to the target", **LAYOUT))
+    for fam, grp in done.groupby("family"):
+        fig.add_trace(
+            go.Scatter(
+                x=grp["compute"],
+                y=grp["loss"],
+                mode="markers",
+                name=f"runs ({fam})",
+                marker=dict(color=_color(fam), size=5, opacity=0.6),
+                text=_hover(grp),
+                hoverinfo="text",
+            )
+        )
+    if laws.has("frontier"):
+        c_min = float(done["compute"].min()) if not done.empty else target / 1e6
+        C = np.logspace(np.log10(c_min), np.log10(target), 120)
+        v, lo, hi = predict(laws, "frontier", C)
+        _band(fig, C, lo, hi, "frontier 95% band", "#7f7f7f")
+        fig.add_trace(go.Scatter(x=C, y=v, mode="lines", name="frontier fit", line=dict(color="black")))
+        tv, tlo, thi = (float(a[0]) for a in predict(laws, "frontier", np.array([target])))
+        fig.add_trace(
+            go.Scatter(
+                x=[target],
+                y=[tv],
+                mode="markers",
+                name=f"target {target:.2g} FLOPs",
+                marker=dict(symbol="diamond", size=12, color="#ff7f0e"),
+                error_y=dict(type="data", symmetric=False, array=[thi - tv], arrayminus=[tv - tlo]),
+                hovertemplate=f"predicted loss {tv:.4f} [{tlo:.4f}, {thi:.4f}]<extra></extra>",
+            )
+        )
+    fig.update_xaxes(type="log", title="compute C (FLOPs)")
+    fig.update_yaxes(type="log", title="loss")
+    return fig
+
+
+def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | None = None) -> go.Figure:
+    """Runs at (compute, lr or batch_tokens): all finished runs, the near-optimal ones (within 0.25% of the
+    best loss at their budget) highlighted, and the law y = a·C^b with its 95% band."""
+    col, law, label = {
+        "lr": ("lr", "lr_opt", "peak learning rate"),
+        "batch": ("batch_tokens", "batch_opt", "batch size (tokens)"),
+    }[which]
+    done = runs[(runs["state"] == "finished") & (runs[col] > 0) & (runs["compute"] > 0)]
+    if done.empty and not laws.has(law):
+        return _empty(f"{label} law", "no finished runs and no law")
+    fig = go.Figure(layout=dict(title=f"{label}: runs, near-optimal band and the {law} law", **LAYOUT))
+    near = near_optimal(done) if not done.empty else pd.Series(dtype=bool)
+    fig.add_trace(
+        go.Scatter(
+            x=done["compute"],
+            y=done[col],
+            mode="markers",
+            name="runs",
+            marker=dict(
+                color=done["loss"],
+                colorscale="Viridis_r",
+                size=6,
+                opacity=0.5,
+                colorbar=dict(title="loss", len=0.6),
+            ),
+            text=_hover(done),
+            hoverinfo="text",
+        )
+    )
+    sel = done[near.reindex(done.index, fill_value=False)]
+    fig.add_trace(
+        go.Scatter(
+            x=sel["compute"],
+            y=sel[col],
+            mode="markers",
+            name="within 0.25% of best",
+            marker=dict(symbol="circle-open", size=11, color="#d62728", line=dict(width=2)),
+            text=_hover(sel),
+            hoverinfo="text",
+        )
+    )
+    if laws.has(law):
+        c_lo = float(done["compute"].min()) if not done.empty else 1e17
+        c_hi = max(float(done["compute"].max()) if not done.empty else 1e21, target or 0)
+        C = np.logspace(np.log10(c_lo), np.log10(c_hi), 100)
+        v, lo, hi = predict(laws, law, C)
+        _band(fig, C, lo, hi, f"{law} 95% band", "#ff7f0e")
+        c = laws.coef(law)
+        fig.add_trace(
+            go.Scatter(
+                x=C, y=v, mode="lines", name=f"{law}: {c['a']:.4g}·C^{c['b']:.4f}", line=dict(color="#ff7f0e")
+            )
+        )
+    fig.update_xaxes(type="log", title="compute C (FLOPs)")
+    fig.update_yaxes(type="log", title=label)
+    return fig
+
+
+def leverage_figure(laws: Laws, compute: float, axis: str = "A") -> go.Figure:
+    """Ling's efficiency leverage EL against activation ratio A (one line per granularity G) or against G
+    (one line per A), at ``compute``."""
+    if not laws.has("leverage"):
+        return _empty("Efficiency leverage", "no leverage law in the law file")
+    grid = leverage_grid(laws, compute)
+    fig = go.Figure(
+        layout=dict(
+            title=f"Efficiency leverage vs {'activation ratio A' if axis == 'A' else 'granularity G'}"
+            f" at C={compute:.2g}",
+            **LAYOUT,
+        )
+    )
+    if axis == "A":
+        for g, (v, _, _) in grid["by_A"].items():
+            fig.add_trace(go.Scatter(x=grid["A"], y=v, mode="lines", name=f"G={g}"))
+        fig.update_xaxes(type="log", title="activation ratio A = (E_a+E_s)/(E+E_s)")
+    else:
+        for a, (v, _, _) in grid["by_G"].items():
+            fig.add_trace(go.Scatter(x=grid["G"], y=v, mode="lines", name=f"A={a:.1%}"))
+        fig.update_xaxes(type="log", title="granularity G = 2·d_model/d_expert")
+    fig.update_yaxes(type="log", title="EL = C_dense / C_moe at equal loss")
+    return fig
+
+
+def residuals_figure(resid: pd.DataFrame, laws: Laws) -> go.Figure:
+    """Observed − predicted loss of the parametric law against compute: runs used in the fit and held-out
+    runs as two traces, zero line as a shape."""
+    if resid.empty:
+        return _empty("Backtest residuals", "no parametric law or no finished runs")
+    fig = go.Figure(layout=dict(title="Parametric-law residuals (observed − predicted loss)", **LAYOUT))
+    for in_fit, name in ((True, "in fit"), (False, "held out")):
+        grp = resid[resid["in_fit"] == in_fit]
+        fig.add_trace(
+            go.Scatter(
+                x=grp["compute"],
+                y=grp["residual"],
+                mode="markers",
+                name=name,
+                marker=dict(size=6, color="#1f77b4" if in_fit else "#ff7f0e"),
+                text=[
+                    f"{r.run_id[:8]} {r.family}<br>loss {r.loss:.4f} pred {r.predicted:.4f}"
+                    for r in grp.itertuples()
+                ],
+                hoverinfo="text+y",
+            )
+        )
+    fig.add_hline(y=0, line=dict(color="black", dash="dot"))
+    bt = laws.entries.get("parametric", {}).get("backtest") or {}
+    scalars = {k: v for k, v in bt.items() if isinstance(v, int | float)}
+    if scalars:
+        fig.add_annotation(
+            text="backtest: " + ", ".join(f"{k}={v:.3g}" for k, v in scalars.items()),
+            showarrow=False,
+            x=0,
+            y=1.08,
+            xref="paper",
+            yref="paper",
+            xanchor="left",
+        )
+    fig.update_xaxes(type="log", title="compute C (FLOPs)")
+    fig.update_yaxes(title="residual (loss)")
+    return fig
