@@ -1,1 +1,4 @@
-"""The shared dense/MoE trainer. Knows nothing of Ray or MLflow: it takes a RunConfig and a report callback."""
+"""The shared dense/MoE trainer.
+
+Knows nothing of Ray or MLflow: it takes a RunConfig and a ``report(step, metrics)`` callback.
+"""

@@ -49,7 +49,8 @@ class MoEConfig(_Strict):
         per_group = self.n_experts // self.n_groups
         if self.n_groups > 1 and self.topk_groups * per_group < self.top_k:
             raise ValueError(
-                f"topk_groups*experts_per_group ({self.topk_groups}*{per_group}) must be >= top_k ({self.top_k})"
+                f"topk_groups*experts_per_group ({self.topk_groups}*{per_group}) "
+                f"must be >= top_k ({self.top_k})"
             )
         return self
 
@@ -105,7 +106,9 @@ class DataConfig(_Strict):
     """Where tokens come from. ``source: default`` builds the offline corpus from files on this machine."""
 
     source: Literal["default", "files", "tokens"] = "default"
-    paths: list[str] = Field(default_factory=list, description="txt/jsonl/parquet files, or .bin token shards")
+    paths: list[str] = Field(
+        default_factory=list, description="txt/jsonl/parquet files, or .bin token shards"
+    )
     text_field: str = "text"
     max_corpus_bytes: int = Field(32_000_000, ge=10_000, description="cap on the default corpus size")
     val_fraction: float = Field(0.02, gt=0, lt=0.5)
@@ -130,7 +133,9 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     batch_size: int = Field(32, ge=1, description="sequences per optimizer step")
-    micro_batch_size: int | None = Field(None, ge=1, description="sequences per forward; defaults to batch_size")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="sequences per forward; defaults to batch_size"
+    )
     tokens: int = Field(1_000_000, ge=1, description="training tokens D")
 
     @model_validator(mode="after")
@@ -192,7 +197,9 @@ class RunConfig(_Strict):
     eval_batches: int = Field(4, ge=1)
     log_interval: int = Field(10, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    diverge_factor: float = Field(3.0, gt=1, description="loss > factor * best loss (or NaN) marks divergence")
+    diverge_factor: float = Field(
+        3.0, gt=1, description="loss > factor * best loss (or NaN) marks divergence"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -200,9 +207,13 @@ class RunConfig(_Strict):
         if moe is not None and moe.n_experts % self.parallel.ep:
             raise ValueError(f"parallel.ep ({self.parallel.ep}) must divide moe.n_experts ({moe.n_experts})")
         if self.model.n_layers % self.parallel.pp:
-            raise ValueError(f"parallel.pp ({self.parallel.pp}) must divide model.n_layers ({self.model.n_layers})")
+            raise ValueError(
+                f"parallel.pp ({self.parallel.pp}) must divide model.n_layers ({self.model.n_layers})"
+            )
         if self.model.n_heads % self.parallel.tp:
-            raise ValueError(f"parallel.tp ({self.parallel.tp}) must divide model.n_heads ({self.model.n_heads})")
+            raise ValueError(
+                f"parallel.tp ({self.parallel.tp}) must divide model.n_heads ({self.model.n_heads})"
+            )
         return self
 
     # ---- derived quantities -------------------------------------------------------------------
