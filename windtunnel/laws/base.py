@@ -1,0 +1,128 @@
+"""Shared pieces of the law engine: the ``Law`` record (one laws.json entry), compute budgets, bootstrap
+weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class LawError(ValueError):
+    """A law could not be fitted to the given runs; the message says why."""
+
+
+@dataclass
+class Law:
+    """One laws.json entry (DESIGN.md "Contracts").
+
+    ``samples`` (bootstrap coefficient draws, used for prediction intervals) and ``notes`` (warnings,
+    per-budget
+    optima, excluded-run counts) are extra keys of the entry; readers that do not know them ignore them.
+    """
+
+    name: str
+    form: str
+    coefficients: dict[str, float]
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_runs: int = 0
+    run_ids: list[str] = field(default_factory=list)
+    backtest: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The laws.json entry; ci95 lists only finite intervals (none without a bootstrap); NaN -> null."""
+        return {
+            "form": self.form,
+            "coefficients": {k: float(v) for k, v in self.coefficients.items()},
+            "ci95": {
+                k: [float(lo), float(hi)]
+                for k, (lo, hi) in self.ci95.items()
+                if np.isfinite(lo) and np.isfinite(hi)
+            },
+            "n_runs": int(self.n_runs),
+            "run_ids": [str(r) for r in self.run_ids],
+            "backtest": _jsonable(self.backtest),
+            "samples": {k: _jsonable([float(x) for x in v]) for k, v in self.samples.items()},
+            "notes": _jsonable(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, entry: dict[str, Any]) -> Law:
+        def num(v: Any) -> float:
+            return float("nan") if v is None else float(v)
+
+        return cls(
+            name=name,
+            form=str(entry.get("form", "")),
+            coefficients={k: float(v) for k, v in entry["coefficients"].items()},
+            ci95={k: (num(v[0]), num(v[1])) for k, v in entry.get("ci95", {}).items()},
+            n_runs=int(entry.get("n_runs", 0)),
+            run_ids=list(entry.get("run_ids", [])),
+            backtest=dict(entry.get("backtest", {})),
+            samples={k: [num(x) for x in v] for k, v in entry.get("samples", {}).items()},
+            notes=dict(entry.get("notes", {})),
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return [_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def budget_labels(compute_N: np.ndarray, tol_dex: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Group runs into compute budgets: sorted log10 C values within ``tol_dex`` of a group's first
+    value share it.
+
+    Returns (label per run, geometric-mean compute per label). Sweeps launch runs at nominal budgets; the
+    realised C = M·D differs by a few percent from run to run, hence the tolerance (default ±12 %).
+    """
+    logc = np.log10(compute_N)
+    order = np.argsort(logc)
+    labels = np.empty(len(logc), dtype=int)
+    k, start = -1, -np.inf
+    for i in order:
+        if logc[i] - start > tol_dex:
+            k += 1
+            start = logc[i]
+        labels[i] = k
+    centers = np.array([10 ** logc[labels == j].mean() for j in range(k + 1)])
+    return labels, centers
+
+
+def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Row 0: all ones (the full-data fit); rows 1..n_boot: multinomial counts of n runs drawn with
+    replacement."""
+    W = np.ones((n_boot + 1, n))
+    if n_boot > 0:
+        W[1:] = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    return W
+
+
+def percentile_ci(samples_R: np.ndarray) -> tuple[float, float]:
+    """Central 95 % percentile interval of the finite bootstrap draws (NaN if none)."""
+    s = samples_R[np.isfinite(samples_R)]
+    if s.size < 2:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(s, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def relative_errors(pred: np.ndarray, obs: np.ndarray) -> dict[str, float]:
+    """{"mean_rel_err", "max_rel_err", "n"} of |pred − obs| / |obs|."""
+    rel = np.abs(np.asarray(pred) - np.asarray(obs)) / np.abs(np.asarray(obs))
+    rel = rel[np.isfinite(rel)]
+    if rel.size == 0:
+        return {"mean_rel_err": float("nan"), "max_rel_err": float("nan"), "n": 0}
+    return {"mean_rel_err": float(rel.mean()), "max_rel_err": float(rel.max()), "n": int(rel.size)}

@@ -1,0 +1,168 @@
+"""Figures of fitted laws (matplotlib, Agg backend; each figure as PNG and SVG).
+
+IsoFLOP profiles with their parabolas and optima, the loss frontier with its 95 % band and extrapolation,
+lr and batch laws over all runs with the near-optimal band highlighted, EL against A and G, and backtest
+errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from windtunnel.laws.base import budget_labels  # noqa: E402
+from windtunnel.laws.hparam import band_mask  # noqa: E402
+from windtunnel.laws.isoflop import _padded, fit_parabolas, lower_envelope  # noqa: E402
+from windtunnel.laws.lawset import LAW_COLUMNS, LawSet  # noqa: E402
+from windtunnel.laws.leverage import leverage_value  # noqa: E402
+from windtunnel.runtable import usable_runs, validate_run_table  # noqa: E402
+
+
+def _save(fig, outdir: Path, stem: str) -> list[Path]:
+    paths = [outdir / f"{stem}.png", outdir / f"{stem}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _subset(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    cols, subset = LAW_COLUMNS[name]
+    fam = runs["family"].str.lower()
+    if {"dense", "moe"} <= set(fam):
+        runs = runs[fam == ("dense" if subset == "dense" else "moe")] if subset != "all" else runs
+    return usable_runs(runs.reset_index(drop=True), cols).runs
+
+
+def plot_isoflop(runs: pd.DataFrame, lawset: LawSet, name: str, outdir: Path) -> list[Path]:
+    law = lawset.laws[name]
+    column = law.notes.get("size_column", "params")
+    env = lower_envelope(_subset(runs, name), column)
+    labels, centers = budget_labels(env["compute"].to_numpy(float))
+    idx, u, logL, centre = _padded(env, column, labels, len(centers))
+    W = np.where(idx >= 0, 1.0, 0.0)[None]
+    c = fit_parabolas(u, logL, W)[0]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for k, C in enumerate(centers):
+        col = cmap(k / max(len(centers) - 1, 1))
+        members = idx[k][idx[k] >= 0]
+        x = env[column].to_numpy(float)[members]
+        ax.scatter(x, env["loss"].to_numpy(float)[members], color=col, s=14, label=f"C={C:.2g}")
+        if np.isfinite(c[k]).all():
+            uu = np.linspace(u[k, : len(members)].min(), u[k, : len(members)].max(), 60)
+            ax.plot(np.exp(uu + centre[k]), np.exp(c[k, 0] + c[k, 1] * uu + c[k, 2] * uu**2), color=col, lw=1)
+    for o in law.notes.get("optima", []):
+        if np.isfinite(o["opt"] if o["opt"] is not None else np.nan):
+            ax.axvline(o["opt"], color="red" if o["edge"] else "grey", lw=0.5, ls=":")
+    ax.set(xscale="log", xlabel=column, ylabel="loss", title=f"IsoFLOP profiles ({name})")
+    ax.legend(fontsize=6)
+    opts = [o for o in law.notes.get("optima", []) if o["opt"] is not None and np.isfinite(o["opt"])]
+    Cs = np.array([o["compute"] for o in opts])
+    ys = np.array([o["opt"] for o in opts])
+    err = np.array(
+        [[o["opt"] - (o["ci95"][0] or o["opt"]), (o["ci95"][1] or o["opt"]) - o["opt"]] for o in opts]
+    ).T
+    ax2.errorbar(Cs, ys, yerr=np.nan_to_num(np.abs(err)), fmt="o", ms=4, label="per-budget optimum (95%)")
+    grid = np.logspace(np.log10(Cs.min()), np.log10(Cs.max()) + 2, 80)
+    v, lo, hi = lawset.predict(name, grid)
+    a, b = law.coefficients["a"], law.coefficients["b"]
+    ax2.plot(grid, v, label=f"{a:.3g}·C^{b:.3f}")
+    ax2.fill_between(grid, lo, hi, alpha=0.25)
+    ax2.set(xscale="log", yscale="log", xlabel="compute C", ylabel=f"optimal {column}", title=name)
+    ax2.legend(fontsize=7)
+    return _save(fig, outdir, f"isoflop_{name}")
+
+
+def plot_frontier(runs: pd.DataFrame, lawset: LawSet, outdir: Path) -> list[Path]:
+    law = lawset.laws["frontier"]
+    sub = _subset(runs, "frontier")
+    pts = np.array(law.notes.get("points", []))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter(sub["compute"], sub["loss"], s=6, color="lightgrey", label="runs")
+    if pts.size:
+        ax.scatter(pts[:, 0], pts[:, 1], s=18, color="C0", label="frontier points")
+    cmin, cmax = sub["compute"].min(), sub["compute"].max()
+    grid = np.logspace(np.log10(cmin), np.log10(cmax) + 2, 100)
+    v, lo, hi = lawset.predict("frontier", grid)
+    c = law.coefficients
+    ax.plot(grid, v, color="C1", label=f"E={c['E']:.3g} + {c['A']:.3g}·C^-{c['alpha']:.3f}")
+    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label="95% band")
+    ax.axvline(cmax, color="k", lw=0.5, ls="--")
+    ax.set(xscale="log", xlabel="compute C", ylabel="loss", title="loss frontier (extrapolated 2 decades)")
+    ax.legend(fontsize=7)
+    return _save(fig, outdir, "frontier")
+
+
+def plot_hparam(runs: pd.DataFrame, lawset: LawSet, name: str, outdir: Path) -> list[Path]:
+    law = lawset.laws[name]
+    column = "lr" if name == "lr_opt" else "batch_tokens"
+    sub = _subset(runs, name)
+    labels, _ = budget_labels(sub["compute"].to_numpy(float))
+    mask = band_mask(
+        sub["loss"].to_numpy(float), labels, np.ones((1, len(sub))), law.notes.get("band", 0.0025)
+    )[0]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter(sub["compute"][~mask], sub[column][~mask], s=6, color="lightgrey", label="runs")
+    ax.scatter(sub["compute"][mask], sub[column][mask], s=16, color="C0", label="near-optimal band")
+    grid = np.logspace(np.log10(sub["compute"].min()), np.log10(sub["compute"].max()) + 2, 80)
+    v, lo, hi = lawset.predict(name, grid)
+    ax.plot(grid, v, color="C1", label=f"{law.coefficients['a']:.3g}·C^{law.coefficients['b']:.4f}")
+    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25)
+    ax.set(xscale="log", yscale="log", xlabel="compute C", ylabel=column, title=name)
+    ax.legend(fontsize=7)
+    return _save(fig, outdir, name)
+
+
+def plot_leverage(lawset: LawSet, outdir: Path, C: float = 1e22) -> list[Path]:
+    coef = lawset.laws["leverage"].coefficients
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    A = np.logspace(-2.5, 0, 80)
+    for G in (2, 4, 8, 12, 16, 32):
+        ax.plot(A, leverage_value(coef, A, G, C), label=f"G={G}")
+    ax.set(xscale="log", yscale="log", xlabel="activation ratio A", ylabel="EL", title=f"EL vs A (C={C:.0e})")
+    ax.legend(fontsize=7)
+    G = np.logspace(0, 6, 80, base=2)
+    for a in (0.01, 0.031, 0.1, 0.3):
+        ax2.plot(G, leverage_value(coef, a, G, C), label=f"A={a}")
+    ax2.set(xscale="log", xlabel="granularity G", ylabel="EL", title="EL vs G")
+    ax2.legend(fontsize=7)
+    return _save(fig, outdir, "leverage")
+
+
+def plot_backtest(lawset: LawSet, outdir: Path) -> list[Path]:
+    names = [n for n, law in lawset.laws.items() if "mean_rel_err" in law.backtest]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.6))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [lawset.laws[n].backtest["mean_rel_err"] for n in names], 0.4, label="mean")
+    ax.bar(x + 0.2, [lawset.laws[n].backtest["max_rel_err"] for n in names], 0.4, label="max")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="relative error above the cut", title="backtest: fit below the top budget, predict it")
+    ax.legend(fontsize=7)
+    return _save(fig, outdir, "backtest")
+
+
+def plot_laws(runs_df: pd.DataFrame, lawset: LawSet, outdir: str | Path) -> list[Path]:
+    """Write every figure the law set supports to ``outdir``; returns the PNG and SVG paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    runs = validate_run_table(runs_df)
+    paths: list[Path] = []
+    for name, law in lawset.laws.items():
+        if "optima" in law.notes:
+            paths += plot_isoflop(runs, lawset, name, outdir)
+        elif name in ("lr_opt", "batch_opt") and law.notes.get("band") is not None:
+            paths += plot_hparam(runs, lawset, name, outdir)
+    if "frontier" in lawset.laws and lawset.laws["frontier"].notes.get("points"):
+        paths += plot_frontier(runs, lawset, outdir)
+    if "leverage" in lawset.laws:
+        paths += plot_leverage(lawset, outdir)
+    if any("mean_rel_err" in law.backtest for law in lawset.laws.values()):
+        paths += plot_backtest(lawset, outdir)
+    return paths
