@@ -1,0 +1,78 @@
+"""``windtunnel run SWEEP.yaml [--address RAY] [--tracking-uri URI] [--dry-run]``.
+
+The spec is validated and expanded before anything starts: bad input is one line, exit 2, no Ray.
+Re-running the same YAML resumes it (finished trials are skipped, unfinished ones resume from checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from windtunnel.cli import UserError
+from windtunnel.orchestrator.spec import Plan, SpecError, load_and_expand
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", help="sweep YAML (see `windtunnel schema`)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster: auto | ray://host:port (default: local Ray)"
+    )
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow URI (default: the spec's, sqlite:///mlflow.db)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress table")
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    from trainer.flops import count_params
+
+    lines = [
+        f"{'study':<16} {'kind':<7} {'hash':<16} {'family':<6} {'params':>9} "
+        f"{'tokens':>10} {'lr':>9} {'batch':>5}"
+    ]
+    for t in plan.trials:
+        c = t.run_cfg
+        p = count_params(c.model).active_nonembed
+        lines.append(
+            f"{t.study:<16} {t.kind:<7} {t.config_hash:<16} {c.model.family:<6} {p:>9,d} "
+            f"{c.optim.tokens:>10,d} {c.optim.lr:>9.3g} {c.optim.batch_size:>5d}"
+        )
+    for g in plan.searches:
+        lines.append(
+            f"{g.study:<16} search  {g.search.num_samples} TPE samples at C={g.budget:.3g} "
+            f"({g.base_cfg.model.family}, tokens {g.base_cfg.optim.tokens:,d}, seed {g.seed})"
+        )
+    lines.append(f"{plan.n_trials} trials")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        spec, plan = load_and_expand(args.sweep)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+    if args.dry_run:
+        print("\n".join(plan_lines(plan)))
+        return 0
+    from windtunnel.orchestrator.driver import run_sweep
+
+    try:
+        out = run_sweep(
+            spec,
+            plan,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            show_progress=not args.no_progress,
+        )
+    except SpecError as err:  # e.g. the data could not be prepared
+        raise UserError(str(err)) from None
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(out.counts.items()))
+    print(
+        f"sweep {out.sweep}: {out.n_planned} trials ({out.n_skipped} already done, "
+        f"{out.n_launched} launched) "
+        f"in {out.wall_s:.0f}s; store: {counts}; tracking {out.tracking_uri}"
+    )
+    for line in out.summary:
+        print("  " + line)
+    return 0
