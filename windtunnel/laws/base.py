@@ -36,7 +36,7 @@ class Law:
         """The laws.json entry; ci95 lists only finite intervals (none without a bootstrap); NaN -> null."""
         return {
             "form": self.form,
-            "coefficients": {k: float(v) for k, v in self.coefficients.items()},
+            "coefficients": {k: _jsonable(float(v)) for k, v in self.coefficients.items()},
             "ci95": {
                 k: [float(lo), float(hi)]
                 for k, (lo, hi) in self.ci95.items()
@@ -57,7 +57,7 @@ class Law:
         return cls(
             name=name,
             form=str(entry.get("form", "")),
-            coefficients={k: float(v) for k, v in entry["coefficients"].items()},
+            coefficients={k: num(v) for k, v in entry["coefficients"].items()},
             ci95={k: (num(v[0]), num(v[1])) for k, v in entry.get("ci95", {}).items()},
             n_runs=int(entry.get("n_runs", 0)),
             run_ids=list(entry.get("run_ids", [])),

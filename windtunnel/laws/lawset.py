@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from windtunnel.laws.base import Law, LawError
+from windtunnel.laws.base import Law, LawError, _jsonable
 from windtunnel.laws.builtin import ling_laws
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND, fit_hparam_law
 from windtunnel.laws.isoflop import fit_isoflop_law
@@ -67,7 +67,7 @@ class LawSet:
         return {
             "laws": {n: law.to_dict() for n, law in self.laws.items()},
             "errors": dict(self.errors),
-            "excluded": self.excluded,
+            "excluded": _jsonable(self.excluded),
         }
 
     def to_json(self, path: str | Path) -> Path:

@@ -7,25 +7,11 @@ recommender (``windtunnel.recommend``) are imported lazily and used when present
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 RECOMMEND_COMPUTE = 6.4e24  # Ling-1T's training compute: the default target of the end-of-sweep summary
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars -> Python, NaN/inf -> None."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, str):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _fmt(v: Any) -> str:
@@ -92,11 +78,7 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     except Exception as err:  # noqa: BLE001 - a law-engine failure must not lose the sweep's runs
         summary.append(f"law fitting failed: {type(err).__name__}: {err}")
         return
-    try:
-        lawset.to_json(laws_path)
-    except ValueError:  # non-finite values (e.g. failed bootstrap samples): write them as null
-        laws_path.write_text(json.dumps(_finite_or_none(lawset.to_dict()), indent=1, allow_nan=False))
-        summary.append("laws.json: non-finite values (failed bootstrap samples) written as null")
+    lawset.to_json(laws_path)  # non-finite values (e.g. failed bootstrap samples) are written as null
     with_retry(client.log_artifact, parent_run_id, str(laws_path))
     outcome.laws_path = laws_path
     summary.extend(law_lines(lawset))
