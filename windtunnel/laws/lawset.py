@@ -62,6 +62,19 @@ class LawSet:
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
     name: str = ""
 
+    def with_fallback(self, other: LawSet) -> tuple[LawSet, list[str]]:
+        """This set's laws, plus ``other``'s for the names this set lacks (e.g. a sweep that fitted only
+        ``lr_opt`` and ``frontier`` completed by the published ``ling`` set). Returns the merged set and the
+        names taken from ``other``, so a caller can say where each law came from."""
+        borrowed = [n for n in other.laws if n not in self.laws]
+        merged = LawSet(
+            laws={**self.laws, **{n: other.laws[n] for n in borrowed}},
+            errors={k: v for k, v in self.errors.items() if k not in borrowed},
+            excluded=dict(self.excluded),
+            name=f"{self.name or 'fitted'}+{other.name or 'fallback'}",
+        )
+        return merged, borrowed
+
     # ---- I/O ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

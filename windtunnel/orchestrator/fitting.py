@@ -97,23 +97,33 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
         for p in paths:
             with_retry(client.log_artifact, parent_run_id, str(p), "figures")
         summary.append(f"figures: {len(paths)} files in {fig_dir}")
-    summary.append(_recommendation(lawset))
+    summary.append(_recommendation(lawset, sweep_dir))
 
 
-def _recommendation(lawset: Any) -> str:
+def _recommendation(lawset: Any, sweep_dir: Path) -> str:
+    """Recommend at RECOMMEND_COMPUTE from the sweep's laws, completed by the published ``ling`` set for
+    the laws the sweep did not fit (named in the summary); the config goes to ``recommended.yaml``."""
     try:
+        from windtunnel.laws import load_laws
+        from windtunnel.recommend.export import write_exports
         from windtunnel.recommend.recommend import recommend
         from windtunnel.recommend.targets import Target
     except ImportError as err:
         return f"recommendation: recommender not available ({err})"
+    merged, borrowed = lawset.with_fallback(load_laws("ling"))
     try:
-        rec = recommend(lawset, Target(compute=RECOMMEND_COMPUTE))
+        rec = recommend(merged, Target(compute=RECOMMEND_COMPUTE))
     except Exception as err:  # noqa: BLE001 - the sweep's own laws may not support a recommendation
         return f"recommendation at C={RECOMMEND_COMPUTE:.3g}: not possible with these laws ({err})"
+    out_yaml = sweep_dir / "recommended.yaml"
+    write_exports(rec.run_config, out_yaml)
+    source = ""
+    if borrowed:
+        source = f" (from the sweep: {', '.join(lawset.laws)}; from ling: {', '.join(borrowed)})"
     keys = [
         k
-        for k in ("total_params", "active_params", "tokens", "lr", "batch_tokens", "loss")
+        for k in ("total_params", "active_params", "tokens", "peak_lr", "batch_tokens", "predicted_loss")
         if k in rec.summary
     ]
     body = ", ".join(f"{k}={_fmt(rec.summary[k])}" for k in keys) or str(rec.summary)[:300]
-    return f"recommendation at C={RECOMMEND_COMPUTE:.3g}: {body}"
+    return f"recommendation at C={RECOMMEND_COMPUTE:.3g}{source}: {body}; config: {out_yaml}"
