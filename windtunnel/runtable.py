@@ -31,20 +31,9 @@ RUN_TABLE_COLUMNS: list[str] = [
     "status",
 ]
 OPTIONAL_COLUMNS: list[str] = ["act_ratio", "granularity"]
-NUMERIC_COLUMNS: list[str] = [
-    "params",
-    "n_total",
-    "n_active",
-    "m",
-    "tokens",
-    "compute",
-    "lr",
-    "batch_tokens",
-    "loss",
-    "act_ratio",
-    "granularity",
-]
 STRING_COLUMNS: list[str] = ["run_id", "sweep", "family", "status"]
+# every run-table column that is not a label, in table order, then the optional ones
+NUMERIC_COLUMNS: list[str] = [c for c in RUN_TABLE_COLUMNS if c not in STRING_COLUMNS] + OPTIONAL_COLUMNS
 
 
 def validate_run_table(df: pd.DataFrame) -> pd.DataFrame:
