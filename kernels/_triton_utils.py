@@ -11,6 +11,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 
 def is_interpret() -> bool:
@@ -53,3 +54,17 @@ def prune_block_m(configs: list[triton.Config], named_args: dict, **kwargs) -> l
     align = kwargs.get("ALIGN", named_args.get("ALIGN"))
     kept = [c for c in configs if align % c.kwargs["BLOCK_M"] == 0]
     return kept or configs[:1]
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (row tile, column tile) in grouped order: GROUP_M row tiles share each sweep over the
+    column tiles, so their B tiles stay in L2 (the standard Triton GEMM swizzle)."""
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * n_n
+    first_m = (pid // group) * GROUP_M
+    size_m = min(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+    return pid_m, pid_n

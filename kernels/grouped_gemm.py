@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_utils import gemm_configs, is_interpret, prune_block_m
+from kernels._triton_utils import gemm_configs, grouped_tile, is_interpret, prune_block_m
 from kernels.reference import cdiv
 
 
@@ -74,14 +74,7 @@ def _grouped_gemm_jit(
     ALIGN: tl.constexpr, IS_FP8: tl.constexpr, QBLOCK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(R, BLOCK_M)
-    n_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * n_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), R, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     e = tl.load(block_expert_ptr + (pid_m * BLOCK_M) // ALIGN).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -121,15 +114,8 @@ def _grouped_wgrad_jit(
     IS_FP8: tl.constexpr, QBLOCK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
     e = tl.program_id(1).to(tl.int64)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * n_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(n_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     start = tl.load(starts_ptr + e)
     size = tl.load(sizes_ptr + e)
