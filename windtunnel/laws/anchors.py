@@ -24,10 +24,10 @@ ANCHOR_LAWS: dict[str, list[str]] = {
     "gadre": ["parametric", "frontier"],
     # IsoFLOP points (N, D, loss at 12 budgets): allocation laws, frontier and parametric
     "porian": ["params_opt", "m_opt", "d_opt", "frontier", "parametric"],
-    # lr × batch grids at 17 (N, D) cells: the hyper-parameter laws
-    "steplaw_dense": ["lr_opt", "batch_opt"],
-    "steplaw_moe": ["lr_opt", "batch_opt"],
-    # 4 sizes × 5 token multipliers (3B lacks N in the source; the 7B/13B targets are rows too): parametric
+    # lr × batch grids at 17 dense / 16 MoE (N, D) cells: the hyper-parameter laws, in C and StepFun's form
+    "steplaw_dense": ["lr_opt", "batch_opt", "steplaw_lr", "steplaw_batch"],
+    "steplaw_moe": ["lr_opt", "batch_opt", "steplaw_lr", "steplaw_batch"],
+    # 5 sizes × 5 token multipliers (3B's N derived from its architecture; 7B/13B targets are rows too)
     "olmo_ladder": ["parametric"],
     # Muennighoff et al. data-constrained runs (hitchhiker/ColPret): N, D, loss → parametric
     "datablations": ["parametric"],
@@ -168,15 +168,38 @@ def load_steplaw(kind: str = "dense", root: Path | None = None) -> pd.DataFrame:
     return validate_run_table(runs)
 
 
+# OLMo ladder architectures not in configs/final.json: the 3B rung as published in the same repository
+# (allenai/OLMo-ladder, src/ladder/ladder.py MODEL_CONFIGS: "3B" = the 190M config with d_model 3328,
+# 16 heads, 16 layers, mlp_ratio 8; vocabulary padded to 100,352; untied embeddings).
+OLMO_LADDER_EXTRA_ARCH = {"3B": {"d_model": 3328, "n_layers": 16}}
+OLMO_EMBEDDING_SIZE = 100_352
+
+
+def olmo_ladder_params(d_model: int, n_layers: int, embedding_size: int = OLMO_EMBEDDING_SIZE) -> int:
+    """N as the OLMo ladder counts it (the ``n`` of configs/final.json) for a rung with mlp_ratio 8:
+
+        N = V·d + L·(16·d² + 4·d) + d,
+
+    i.e. one V×d embedding matrix, per layer 4·d² attention (q, k, v, o; n_kv = n_heads, no biases) +
+    12·d² SwiGLU (d→8d fused gate/up, 4d→d down) + 4·d RMSNorm weights (attention and FFN norms, q- and
+    k-norm), and the final norm. It reproduces final.json's N of the 190M, 370M, 760M and 1.3B rungs
+    exactly (checked in tests/laws/test_anchors.py); for 3B (d 3328, 16 layers) it gives 3,169,537,280."""
+    return embedding_size * d_model + n_layers * (16 * d_model * d_model + 4 * d_model) + d_model
+
+
 def load_olmo_ladder(root: Path | None = None, loss_column: str = "eval/c4_en-validation/CrossEntropyLoss"):
     """OLMo ladder final points: loss = mean of the last 5 evaluations (as the repo does), tokens = last
     throughput/total_tokens, params = N from configs/final.json, m = its "flops" per token, compute = m·D.
-    The 3B runs are kept with status "no_params" (N is not in the source), so they are excluded and
-    counted."""
+
+    The 3B rung is not in final.json: its N comes from its published architecture (``olmo_ladder_params``,
+    ``OLMO_LADDER_EXTRA_ARCH``) and its m from the run's own log, m = throughput/total_training_Gflops·1e9
+    / throughput/total_tokens (this ratio equals final.json's "flops" for every rung that has one)."""
     base = (root or anchors_dir()) / "olmo_ladder_bhagia2024"
     cfg = json.loads((base / "configs" / "final.json").read_text())
     sizes = {k: (float(v["n"]), float(v["flops"])) for k, v in cfg.items()}
     sizes["1B"] = sizes.get("1.3B", (np.nan, np.nan))
+    for size, arch in OLMO_LADDER_EXTRA_ARCH.items():
+        sizes.setdefault(size, (float(olmo_ladder_params(**arch)), np.nan))
     rows = []
     for path in sorted((base / "ladder-runs").glob("*.csv")):
         stem = path.stem
@@ -191,10 +214,19 @@ def load_olmo_ladder(root: Path | None = None, loss_column: str = "eval/c4_en-va
         d = pd.read_csv(path)
         if "throughput/total_tokens" not in d.columns or loss_column not in d.columns:
             continue
+        N, m = sizes.get(size, (np.nan, np.nan))
+        if not np.isfinite(m) and "throughput/total_training_Gflops" in d.columns:
+            flops = d[["throughput/total_tokens", "throughput/total_training_Gflops"]].dropna()
+            if not flops.empty:
+                last = flops.iloc[-1]
+                m = (
+                    float(last["throughput/total_training_Gflops"])
+                    * 1e9
+                    / float(last["throughput/total_tokens"])
+                )
         d = d[["throughput/total_tokens", loss_column]].dropna()
         if d.empty:
             continue
-        N, m = sizes.get(size, (np.nan, np.nan))
         D = float(d["throughput/total_tokens"].iloc[-1])
         rows.append(
             {

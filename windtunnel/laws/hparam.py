@@ -115,8 +115,8 @@ def fit_steplaw(runs: pd.DataFrame, band: float = NEAR_OPTIMAL_BAND) -> dict[str
 
     fitted as the authors' ``fit_tool.py`` does: per (N, D) cell keep the runs within ``band`` of the cell's
     best loss, then ordinary least squares of ln lr on (1, ln N, ln D) and of ln batch on (1, ln D) over all
-    kept runs. Returns {a, alpha, beta, c, gamma, n_cells, n_band_runs}. (Not a laws.json law: the recommender
-    uses lr_opt/batch_opt in C; this form is offered for comparison with StepFun's published fit.)
+    kept runs. Returns {a, alpha, beta, c, gamma, n_cells, n_band_runs}. (Plain point estimate; the laws.json
+    laws ``steplaw_lr``/``steplaw_batch`` with ci95 and backtest are in ``windtunnel.laws.steplaw``.)
     """
     cells = runs.groupby(["params", "tokens"])["loss"].transform("min")
     keep = runs["loss"] <= (1.0 + band) * cells

@@ -24,6 +24,7 @@ from windtunnel.laws.isoflop import fit_isoflop_law
 from windtunnel.laws.leverage import fit_leverage_law, leverage_value
 from windtunnel.laws.parametric import fit_parametric_law
 from windtunnel.laws.powerlaw import fit_frontier_law, frontier_value
+from windtunnel.laws.steplaw import STEPLAW_LAWS, fit_steplaw_law, steplaw_problem, steplaw_value
 from windtunnel.runtable import usable_runs, validate_run_table
 
 # law name -> (columns it needs, family subset: "primary" = MoE runs if the table has both families, else all)
@@ -39,6 +40,8 @@ LAW_COLUMNS: dict[str, tuple[list[str], str]] = {
     "d_opt_dense": (["compute", "tokens", "loss"], "dense"),
     "frontier": (["compute", "loss"], "primary"),
     "leverage": (["compute", "loss"], "all"),
+    "steplaw_lr": (["params", "tokens", "lr", "batch_tokens", "loss"], "primary"),
+    "steplaw_batch": (["params", "tokens", "lr", "batch_tokens", "loss"], "primary"),
 }
 DEFAULT_LAWS = list(LAW_COLUMNS)
 POWER_LAWS = {
@@ -105,8 +108,9 @@ class LawSet:
 
     # ---- prediction ----------------------------------------------------------------------------
     def predict(self, name: str, x: Any) -> tuple[Any, Any, Any]:
-        """(value, lo95, hi95) of law ``name`` at x: C for power laws and frontier, (N, D) for parametric,
-        (A, G, C) for leverage. Arrays broadcast; scalars give floats."""
+        """(value, lo95, hi95) of law ``name`` at x: C for power laws and frontier, (N, D) for parametric
+        and the StepFun laws ``steplaw_lr``/``steplaw_batch``, (A, G, C) for leverage. Arrays broadcast;
+        scalars give floats."""
         if name not in self.laws:
             raise KeyError(f"no law {name!r} in this set (have: {', '.join(self.laws) or 'none'})")
         law = self.laws[name]
@@ -144,6 +148,9 @@ def _evaluate(name: str, c: dict[str, Any], x: Any) -> Any:
     if name == "leverage":
         A, G, C = x
         return leverage_value(c, A, G, C)
+    if name in STEPLAW_LAWS:
+        N, D = x
+        return steplaw_value(name, c, N, D)
     C = np.asarray(x, dtype=float)
     if name == "frontier":
         return frontier_value(c["E"], c["A"], c["alpha"], C)
@@ -200,6 +207,8 @@ def fit_laws(
         if not requested and name == "leverage" and not both:
             continue
         clean = usable_runs(sub.reset_index(drop=True), cols)
+        if not requested and name in STEPLAW_LAWS and steplaw_problem(clean.runs, "steplaw_lr") is not None:
+            continue  # by default only on StepFun-style grids: cells that vary lr and batch, N and D
         if clean.excluded:
             out.excluded[name] = clean.excluded
         rng = np.random.default_rng(seed + i)
@@ -240,5 +249,7 @@ def _fit_one(name: str, runs: pd.DataFrame, n_boot: int, rng: np.random.Generato
     if name == "frontier":
         return fit_frontier_law(runs, n_boot=n_boot, rng=rng)
     if name == "leverage":
-        return fit_leverage_law(runs)
+        return fit_leverage_law(runs, n_boot=n_boot, rng=rng)
+    if name in STEPLAW_LAWS:
+        return fit_steplaw_law(runs, name, n_boot=n_boot, rng=rng, band=band)
     raise LawError(f"unknown law {name!r}")

@@ -92,3 +92,109 @@ def synthetic_runs(
         }
     )
     return validate_run_table(runs)
+
+
+# Dense loss frontier of the synthetic leverage study: L_dense(C) = E + A·C^(−alpha).
+LEVERAGE_DENSE = {"E": 1.7, "A": 60.0, "alpha": 0.1}
+
+
+def synthetic_leverage_runs(
+    coef: dict[str, float],
+    sigma: float = 0.0,
+    seed: int = 0,
+    dense_budgets: np.ndarray | None = None,
+    moe_budgets: np.ndarray | None = None,
+    act_ratios: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
+    granularities: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0),
+    dense: dict[str, float] = LEVERAGE_DENSE,
+) -> pd.DataFrame:
+    """Dense and MoE runs whose efficiency leverage follows Ling's EL(A, G, C) law with ``coef``.
+
+    Dense: one run per budget on the frontier L_dense(C) = E + A·C^(−alpha). MoE: one run per (A, G, budget)
+    with L_moe(C) = L_dense(EL(A, G, C)·C), i.e. the MoE run reaches the dense loss of EL times its compute
+    (the definition of EL, Ling arXiv 2507.17702 Sec. 4). Every loss is multiplied by exp(σ·ε), ε ~ N(0, 1).
+    """
+    from windtunnel.laws.leverage import leverage_value
+
+    rng = np.random.default_rng(seed)
+    dense_budgets = np.logspace(18, 21, 7) if dense_budgets is None else np.asarray(dense_budgets, float)
+    moe_budgets = np.logspace(18, 21, 4) if moe_budgets is None else np.asarray(moe_budgets, float)
+
+    def frontier(C: np.ndarray) -> np.ndarray:
+        return dense["E"] + dense["A"] * np.asarray(C, float) ** -dense["alpha"]
+
+    rows = [{"family": "dense", "compute": C, "loss": float(frontier(C))} for C in dense_budgets]
+    for A in act_ratios:
+        for G in granularities:
+            for C in moe_budgets:
+                el = float(leverage_value(coef, A, G, C))
+                rows.append(
+                    {
+                        "family": "moe",
+                        "compute": C,
+                        "loss": float(frontier(el * C)),
+                        "act_ratio": A,
+                        "granularity": G,
+                    }
+                )
+    runs = pd.DataFrame(rows)
+    runs["loss"] *= np.exp(sigma * rng.standard_normal(len(runs)))
+    runs["run_id"] = [f"lev{seed}-{i}" for i in range(len(runs))]
+    return validate_run_table(runs)
+
+
+def synthetic_steplaw_runs(
+    lr_law: dict[str, float],
+    batch_law: dict[str, float],
+    params: tuple[float, ...] = (2e8, 5e8, 1.2e9),
+    tokens_per_param: tuple[float, ...] = (20.0, 60.0, 200.0),
+    n_lr: int = 7,
+    n_bs: int = 5,
+    sigma: float = 0.0005,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A StepFun-style grid: every (N, D) cell (N in ``params``, D = N·tokens_per_param) has an lr × batch
+    grid around the true optimum lr* = a·N^alpha·D^beta (``lr_law``), bs* = a·D^b (``batch_law``), with
+
+        L = [E + A/N^alpha + B/D^beta + k_lr·log²(lr/lr*) + k_bs·log²(bs/bs*)] · exp(σ·ε),
+
+    the Chinchilla terms and k_lr, k_bs taken from ``TRUE`` (a convex basin per cell, as StepFun observe).
+    The grid steps are 2^0.5 in lr and 2^0.5 in batch; C = 6·N·D."""
+    rng = np.random.default_rng(seed)
+    t = TRUE
+    rows = []
+    for N in params:
+        for tpp in tokens_per_param:
+            D = N * tpp
+            lr_star = lr_law["a"] * N ** lr_law["alpha"] * D ** lr_law["beta"]
+            bs_star = batch_law["a"] * D ** batch_law["b"]
+            offsets = rng.uniform(-0.25, 0.25, 2)  # the grid is not centred on the optimum
+            for i in range(n_lr):
+                for j in range(n_bs):
+                    lr = lr_star * 2 ** (0.5 * (i - n_lr // 2) + offsets[0])
+                    bs = bs_star * 2 ** (0.5 * (j - n_bs // 2) + offsets[1])
+                    rows.append((N, D, lr, bs))
+    N, D, lr, bs = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    lr_star = lr_law["a"] * N ** lr_law["alpha"] * D ** lr_law["beta"]
+    bs_star = batch_law["a"] * D ** batch_law["b"]
+    clean = (
+        t["E"]
+        + t["A"] / N ** t["alpha"]
+        + t["B"] / D ** t["beta"]
+        + t["k_lr"] * np.log(lr / lr_star) ** 2
+        + t["k_bs"] * np.log(bs / bs_star) ** 2
+    )
+    runs = pd.DataFrame(
+        {
+            "run_id": [f"step{seed}-{i}" for i in range(len(N))],
+            "sweep": "steplaw_grid",
+            "family": "dense",
+            "params": N,
+            "tokens": D,
+            "compute": 6.0 * N * D,
+            "lr": lr,
+            "batch_tokens": bs,
+            "loss": clean * np.exp(sigma * rng.standard_normal(len(N))),
+        }
+    )
+    return validate_run_table(runs)
