@@ -1,12 +1,23 @@
-"""Benchmark: open a 1,000-run sweep in the dashboard.
+"""Benchmark: open a 1,000-run sweep in the dashboard, new path against the old one, in the same run.
 
-Measures, on one seeded MLflow SQLite store (1,000 trial runs x 20 steps of loss/lr + val_loss):
-- server aggregation: read the store + build every figure (cold caches, then cached);
-- browser: time from navigation to every chart drawn in headless chromium (first load, then reloads);
-- the alternative a researcher would use: ``mlflow.search_runs`` into pandas + the loss histories of the
-  same 60 runs + the same charts drawn with matplotlib (PNG), timed end to end.
+On one seeded MLflow SQLite store (1,000 trial runs x 20 steps of loss/lr + val_loss), for two app variants
+served side by side from this process:
 
-    python benchmarks/dashboard.py [--runs 1000] [--reloads 3] [--store DIR]
+- ``new``: the default app: bulk SQL read of the store, tabs (the first tab's 2 charts built, sent and drawn
+  on open, the others when picked), plotly.js preloaded with the page;
+- ``old``: the former path, still selectable: ``MlflowClient.search_runs`` paging + one
+  ``get_metric_history`` per curve, all 9 charts on one page (``reader="mlflow", single_page=True``);
+
+it measures
+- server: the open request (``/_dash-layout``: store read, figures, JSON) with cold caches, then cached;
+  for ``new`` also each tab's callback (cold, then cached);
+- browser: navigation -> every chart of the page drawn, in headless Debian chromium, first visit (fresh
+  browser profile and cold server caches) and reloads (median), with the CPU seconds chromium used;
+  for ``new`` also each tab switch (click -> its charts drawn);
+- the alternative a researcher would use: ``mlflow.search_runs`` into pandas + the loss histories of 60
+  runs + six matplotlib charts to PNG, timed end to end.
+
+    python benchmarks/dashboard.py [--runs 1000] [--reloads 5] [--store DIR]
 
 Prints a table and writes benchmarks/results/dashboard.json.
 """
@@ -15,13 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EXPERIMENT = "bench"
+VARIANTS = {
+    "new": {"reader": "auto", "single_page": False},
+    "old": {"reader": "mlflow", "single_page": True},
+}
 
 
 def seed(store_dir: Path, n_runs: int) -> tuple[str, Path, float]:
@@ -32,37 +51,92 @@ def seed(store_dir: Path, n_runs: int) -> tuple[str, Path, float]:
     if (store_dir / "mlflow.db").exists() and laws.exists():
         return uri, laws, 0.0
     t0 = time.perf_counter()
-    info = seed_store(uri, SeedSpec(experiment="bench", n_runs=n_runs, n_steps=20, n_running=5, n_failed=5))
+    spec = SeedSpec(experiment=EXPERIMENT, n_runs=n_runs, n_steps=20, n_running=5, n_failed=5)
+    info = seed_store(uri, spec)
     write_true_laws(laws, info["run_ids"][::2])
     return uri, laws, time.perf_counter() - t0
 
 
-def server_side(uri: str, laws_path: Path) -> dict[str, float]:
-    from dashboards import analysis, app, data
+def clear_caches() -> None:
+    from dashboards import data, views
 
-    laws = analysis.load_laws(laws_path)
-    data.list_experiments(uri)  # import mlflow and open the store first, as a running server has
-    for cache in (data.SWEEP_CACHE, data.CURVE_CACHE, app.FIGURE_CACHE):
+    for cache in (data.SWEEP_CACHE, data.CURVE_CACHE, views.FIGURE_CACHE, views.RECOMMEND_CACHE):
         cache.clear()
+
+
+def make_app(uri: str, laws: Path, variant: str) -> Any:
+    from dashboards.app import create_app
+
+    # refresh_s=3600: the seeded store has live runs; keep one store version for the whole measurement
+    return create_app(uri, str(laws), refresh_s=3600, experiment=EXPERIMENT, **VARIANTS[variant])
+
+
+def _timed(fn: Any) -> tuple[float, float, Any]:
     t0, p0 = time.perf_counter(), time.process_time()
-    sweep = data.load_sweeps(uri, "bench", refresh_s=3600)
-    t1 = time.perf_counter()
-    figs = app.build_figures(uri, "bench", laws, None, None, 6.4e24, refresh_s=3600)
-    t2, p2 = time.perf_counter(), time.process_time()
-    app.build_figures(uri, "bench", laws, None, None, 6.4e24, refresh_s=3600)
-    t3 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, time.process_time() - p0, out
+
+
+def _tab_body(tab: str) -> dict:
+    from dashboards.views import DEFAULT_TARGET
+
+    ids = [
+        "tab-content.children",
+        '{"name":["ALL"],"type":"wt-graph"}.figure',
+        "summary.children",
+        "view-key.data",
+    ]
     return {
-        "n_runs": len(sweep.runs),
-        "store_read_s": t1 - t0,
-        "figures_cold_s": t2 - t1,
-        "server_cold_total_s": t2 - t0,
-        "server_cold_cpu_s": p2 - p0,
-        "server_cached_s": t3 - t2,
-        "n_traces": sum(len(figs[g].data) for g in app.GRAPHS),
+        "output": ".." + "...".join(ids) + "..",
+        "outputs": [
+            {"id": "tab-content", "property": "children"},
+            [],  # no graph of this tab on the page yet: the callback sends the tab's graphs
+            {"id": "summary", "property": "children"},
+            {"id": "view-key", "property": "data"},
+        ],
+        "inputs": [
+            {"id": "experiment", "property": "value", "value": EXPERIMENT},
+            {"id": "sweeps", "property": "value", "value": []},
+            {"id": "families", "property": "value", "value": []},
+            {"id": "target", "property": "value", "value": DEFAULT_TARGET},
+            {"id": "tick", "property": "n_intervals", "value": 1},
+            {"id": "tabs", "property": "value", "value": tab},
+        ],
+        "changedPropIds": ["tabs.value"],
+        "state": [{"id": "view-key", "property": "data", "value": None}],
     }
 
 
-def _browser_cpu_s(driver) -> float:
+def server_side(uri: str, laws: Path, variant: str) -> dict[str, Any]:
+    """The open request and (new) each tab's callback through Flask's test client, cold then cached."""
+    from dashboards.views import TABS
+
+    client = make_app(uri, laws, variant).server.test_client()
+    clear_caches()
+    cold_s, cold_cpu, resp = _timed(lambda: client.get("/_dash-layout"))
+    warm_s, _, _ = _timed(lambda: client.get("/_dash-layout"))
+    out: dict[str, Any] = {
+        "open_cold_s": cold_s,
+        "open_cold_cpu_s": cold_cpu,
+        "open_cached_s": warm_s,
+        "open_json_bytes": len(resp.get_data()),
+    }
+    if variant == "new":
+        tabs = {}
+        for tab in TABS:
+            body = json.dumps(_tab_body(tab))
+            post = lambda b=body: client.post(  # noqa: E731
+                "/_dash-update-component", data=b, content_type="application/json"
+            )
+            c, _, r = _timed(post)
+            w, _, _ = _timed(post)
+            assert r.status_code == 200, (tab, r.status_code)
+            tabs[tab] = {"cold_s": c, "cached_s": w, "json_bytes": len(r.get_data())}
+        out["tabs"] = tabs
+    return out
+
+
+def _browser_cpu_s(driver: Any) -> float:
     """CPU seconds used so far by the chromium processes under this driver's chromedriver."""
     import psutil
 
@@ -76,46 +150,79 @@ def _browser_cpu_s(driver) -> float:
     return total
 
 
-def browser_side(uri: str, laws_path: Path, reloads: int) -> dict[str, object]:
-    from dashboards import app, data
-    from dashboards.browser import browser_available, console_errors, start_chromium, wait_for_graphs
+def browser_side(uri: str, laws: Path, reloads: int) -> dict[str, Any]:
+    """Each variant in its own headless chromium (fresh profile: a first visit caches nothing) and server;
+    first visits one after the other from cold server caches, then reloads interleaved new, old, new, ...
+    so that both see the same machine load."""
+    from dashboards.app import GRAPHS, serve_in_thread
+    from dashboards.browser import (
+        browser_available,
+        console_errors,
+        open_tab,
+        start_chromium,
+        wait_for_graph_ids,
+    )
+    from dashboards.views import FIRST_TAB, TABS
 
     why = browser_available()
     if why:
-        return {"skipped": why}
-    for cache in (data.SWEEP_CACHE, data.CURVE_CACHE, app.FIGURE_CACHE):
-        cache.clear()
-    dash_app = app.create_app(uri, str(laws_path), refresh_s=3600, experiment="bench")
-    for cache in (data.SWEEP_CACHE, data.CURVE_CACHE, app.FIGURE_CACHE):
-        cache.clear()  # create_app validated the layout once: start the first load from cold caches
-    srv = app.serve_in_thread(dash_app)
-    driver = start_chromium()
+        return {v: {"skipped": why} for v in VARIANTS}
+    runs: dict[str, dict[str, Any]] = {}
     try:
-        url = f"http://127.0.0.1:{srv.server_port}/"
-        driver.get("about:blank")
-        times, browser_cpu, server_cpu = [], [], []
-        for _ in range(1 + reloads):
+        for v in VARIANTS:
+            graphs = GRAPHS if VARIANTS[v]["single_page"] else TABS[FIRST_TAB][1]
+            runs[v] = {"ids": [f"g-{g}" for g in graphs], "driver": start_chromium(), "srv": None}
+            runs[v]["srv"] = serve_in_thread(make_app(uri, laws, v))
+            runs[v]["driver"].get("about:blank")
+            runs[v].update(times=[], browser_cpu=[], server_cpu=[])
+
+        def load(v: str) -> None:
+            r = runs[v]
+            driver = r["driver"]
             c0, s0 = _browser_cpu_s(driver), time.process_time()
             t0 = time.perf_counter()
-            driver.get(url)
-            wait_for_graphs(driver, len(app.GRAPHS), timeout_s=120)
-            times.append(time.perf_counter() - t0)
-            browser_cpu.append(_browser_cpu_s(driver) - c0)
-            server_cpu.append(time.process_time() - s0)  # this process: the Dash server threads
-        errors = console_errors(driver)
+            driver.get(f"http://127.0.0.1:{r['srv'].server_port}/")
+            wait_for_graph_ids(driver, r["ids"], timeout_s=180)
+            r["times"].append(time.perf_counter() - t0)
+            r["browser_cpu"].append(_browser_cpu_s(driver) - c0)
+            r["server_cpu"].append(time.process_time() - s0)  # this process: the Dash server threads
+
+        for v in VARIANTS:
+            clear_caches()  # create_app validated the layout once: each first visit starts cold
+            load(v)
+        for _ in range(reloads):
+            for v in VARIANTS:
+                load(v)
+        tabs: dict[str, float] = {}
+        driver = runs["new"]["driver"]
+        for rnd in range(2):  # first visit of each tab (cold server figures), then again (cached)
+            for tab, (_, tab_graphs) in [*list(TABS.items())[1:], list(TABS.items())[0]]:
+                t0 = time.perf_counter()
+                open_tab(driver, tab, [f"g-{g}" for g in tab_graphs], timeout_s=180)
+                tabs[f"{tab}{'' if rnd == 0 else ' (again)'}"] = time.perf_counter() - t0
+        errors = {v: console_errors(r["driver"]) for v, r in runs.items()}
     finally:
-        driver.quit()
-        srv.shutdown()
-    return {
-        "first_load_s": times[0],
-        "first_load_browser_cpu_s": browser_cpu[0],
-        "first_load_server_cpu_s": server_cpu[0],
-        "reload_browser_cpu_s": browser_cpu[1:],
-        "reload_server_cpu_s": server_cpu[1:],
-        "reload_s": times[1:],
-        "reload_median_s": sorted(times[1:])[len(times[1:]) // 2] if reloads else None,
-        "console_errors": len(errors),
-    }
+        for r in runs.values():
+            r["driver"].quit()
+            if r["srv"] is not None:
+                r["srv"].shutdown()
+    out = {}
+    for v, r in runs.items():
+        warm, warm_cpu = r["times"][1:], r["browser_cpu"][1:]
+        out[v] = {
+            "graphs_on_open": len(r["ids"]),
+            "first_load_s": r["times"][0],
+            "first_load_browser_cpu_s": r["browser_cpu"][0],
+            "first_load_server_cpu_s": r["server_cpu"][0],
+            "reload_s": warm,
+            "reload_browser_cpu_s": warm_cpu,
+            "reload_server_cpu_s": r["server_cpu"][1:],
+            "reload_median_s": statistics.median(warm) if warm else None,
+            "reload_browser_cpu_median_s": statistics.median(warm_cpu) if warm else None,
+            "console_errors": len(errors[v]),
+        }
+    out["new"]["tab_switch_s"] = tabs
+    return out
 
 
 def researcher_alternative(uri: str, outdir: Path) -> dict[str, float]:
@@ -131,7 +238,7 @@ def researcher_alternative(uri: str, outdir: Path) -> dict[str, float]:
     mlflow.set_tracking_uri(uri)
     MlflowClient(uri).search_experiments()  # store opened (engine created) before timing, as for ours
     t0, p0 = time.perf_counter(), time.process_time()
-    df = mlflow.search_runs(experiment_names=["bench"], max_results=100000)
+    df = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=100000)
     df = df[df["tags.windtunnel.role"] == "trial"]
     t1 = time.perf_counter()
     client = MlflowClient(uri)
@@ -160,24 +267,22 @@ def researcher_alternative(uri: str, outdir: Path) -> dict[str, float]:
     }
 
 
-def _median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2] if xs else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
-    ap.add_argument("--reloads", type=int, default=3)
+    ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--store", type=Path, default=None, help="reuse a seeded store folder")
     args = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     store = args.store or Path(tempfile.mkdtemp(prefix="wt-dash-bench-"))
     store.mkdir(parents=True, exist_ok=True)
     uri, laws, seed_s = seed(store, args.runs)
-    server = server_side(uri, laws)
+    load0 = os.getloadavg()[0]
+    server = {v: server_side(uri, laws, v) for v in VARIANTS}
     alt = researcher_alternative(uri, store)
     browser = browser_side(uri, laws, args.reloads)
-    load = os.getloadavg()
-    result = {
+    load1 = os.getloadavg()[0]
+    result: dict[str, Any] = {
         "runs": args.runs,
         "store": str(store),
         "seed_s": seed_s,
@@ -186,32 +291,52 @@ def main() -> int:
         "alternative_search_runs_matplotlib": alt,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
-        "loadavg_1m_at_end": load[0],
+        "loadavg_1m_start_end": [load0, load1],
     }
-    if "first_load_s" in browser:
-        result["ratio_alternative_over_dashboard_first_load"] = alt["total_s"] / browser["first_load_s"]
-    rows = [
-        ("server: store read (search_runs, 1 query)", server["store_read_s"]),
-        ("server: all figures, cold", server["figures_cold_s"]),
-        ("server: store read + all figures, cold: CPU", server["server_cold_cpu_s"]),
-        ("server: all figures, cached", server["server_cached_s"]),
-        ("browser: first full render (cold server)", browser.get("first_load_s", float("nan"))),
-        ("browser: first load, chromium CPU", browser.get("first_load_browser_cpu_s", float("nan"))),
-        ("browser: reload, full render (median)", browser.get("reload_median_s") or float("nan")),
-        ("browser: reload, chromium CPU (median)", _median(browser.get("reload_browser_cpu_s") or [])),
+    new, old = browser["new"], browser["old"]
+    if "first_load_s" in new and "first_load_s" in old:
+        result["ratios"] = {
+            "old_over_new_first_load": old["first_load_s"] / new["first_load_s"],
+            "old_over_new_reload": old["reload_median_s"] / new["reload_median_s"],
+            "old_over_new_reload_browser_cpu": old["reload_browser_cpu_median_s"]
+            / new["reload_browser_cpu_median_s"],
+            "alternative_over_new_first_load": alt["total_s"] / new["first_load_s"],
+            "alternative_over_new_reload": alt["total_s"] / new["reload_median_s"],
+        }
+    rows = []
+    for v in VARIANTS:
+        s, b = server[v], browser[v]
+        rows += [
+            (f"{v}: server open (/_dash-layout), cold caches", s["open_cold_s"]),
+            (f"{v}: server open, cold: CPU", s["open_cold_cpu_s"]),
+            (f"{v}: server open, cached", s["open_cached_s"]),
+            (f"{v}: open JSON (MB)", s["open_json_bytes"] / 1e6),
+            (f"{v}: browser first visit, full render", b.get("first_load_s", float("nan"))),
+            (f"{v}: browser first visit, chromium CPU", b.get("first_load_browser_cpu_s", float("nan"))),
+            (f"{v}: browser reload, full render (median)", b.get("reload_median_s") or float("nan")),
+            (
+                f"{v}: browser reload, chromium CPU (median)",
+                b.get("reload_browser_cpu_median_s") or float("nan"),
+            ),
+        ]
+    for tab, t in server["new"].get("tabs", {}).items():
+        rows.append((f"new: tab {tab} callback cold / cached", (t["cold_s"], t["cached_s"])))
+    for tab, t in browser["new"].get("tab_switch_s", {}).items():
+        rows.append((f"new: browser tab switch {tab}", t))
+    rows += [
         ("alternative: mlflow.search_runs -> pandas", alt["search_runs_s"]),
         ("alternative: 60 loss histories", alt["histories_s"]),
         ("alternative: matplotlib 6 charts -> PNG", alt["plot_s"]),
         ("alternative: total", alt["total_s"]),
         ("alternative: total CPU", alt["total_cpu_s"]),
     ]
-    print(
-        f"dashboard benchmark: {server['n_runs']} runs, {server['n_traces']} traces, "
-        f"load average {load[0]:.1f} on {os.cpu_count()} CPUs"
-    )
-    print(f"{'step':48s} {'seconds':>8s}")
+    print(f"dashboard benchmark: {args.runs} runs, load {load0:.1f} -> {load1:.1f}, {os.cpu_count()} CPUs")
+    print(f"{'step':56s} {'seconds':>14s}")
     for name, sec in rows:
-        print(f"{name:48s} {sec:8.2f}")
+        val = " / ".join(f"{x:.2f}" for x in sec) if isinstance(sec, tuple) else f"{sec:.2f}"
+        print(f"{name:56s} {val:>14s}")
+    for k, v in result.get("ratios", {}).items():
+        print(f"ratio {k:50s} {v:8.2f}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dashboard.json").write_text(json.dumps(result, indent=1, default=str))
     return 0

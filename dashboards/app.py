@@ -1,85 +1,51 @@
 """The Dash app: live sweep progress and fitted scaling-law curves over a read-only MLflow store.
 
-All aggregation happens on the server (``dashboards.data`` / ``dashboards.analysis``) and whole figure sets
-are cached per (experiment, store version, filters, target); callbacks only read. Safety: no callback
-writes to the store or reads a request-supplied path; experiment names are checked against the store's list;
-with ``token`` set every request must carry it (``?token=``, ``Authorization: Bearer``, or the cookie set
-after a valid ``?token=``) or gets 401.
+The page is a row of filters, tabs of charts (``dashboards.views.TABS``) and the recommendation. Only the
+visible tab's charts are built, sent and drawn: the first tab is rendered into the layout itself (one
+request on open, no empty-figure pass), the others are built when their tab is picked. All aggregation
+happens on the server (``dashboards.data`` / ``dashboards.analysis``) and figures are cached per store
+version; the live-refresh tick sends nothing while the store version and the selection are unchanged.
+``single_page=True`` keeps the former layout (all nine charts on one page) for comparison.
+
+Safety: no callback writes to the store or reads a request-supplied path; experiment names are checked
+against the store's list; with ``token`` set every request must carry it (``?token=``, ``Authorization:
+Bearer``, or the cookie set after a valid ``?token=``) or gets 401.
 """
 
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 import dash
 import flask
-from dash import Dash, Input, Output, State, dcc, html
+from dash import ALL, Dash, Input, Output, State, dcc, html
 
-from dashboards import analysis, figures
-from dashboards.data import _Cache, list_experiments, load_sweeps, loss_curves
+from dashboards import analysis
+from dashboards.data import list_experiments, load_sweeps
+from dashboards.views import (
+    DEFAULT_TARGET,
+    FIGURE_CACHE,
+    FIRST_TAB,
+    GRAPHS,
+    TABS,
+    build_figures,
+    recommendation,
+    summary_text,
+)
 
+__all__ = [
+    "DEFAULT_TARGET",
+    "FIGURE_CACHE",
+    "GRAPHS",
+    "TABS",
+    "build_figures",
+    "create_app",
+    "serve_in_thread",
+]
 TOKEN_COOKIE = "windtunnel_token"
-DEFAULT_TARGET = 6.4e24  # Ling-1T's training compute (DESIGN.md)
-GRAPHS = ["progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid"]
-FIGURE_CACHE = _Cache(64)
-
-
-def build_figures(
-    tracking_uri: str,
-    experiment: str,
-    laws: analysis.Laws,
-    sweeps: list[str] | None,
-    families: list[str] | None,
-    target: float,
-    refresh_s: float = 5.0,
-    curve_limit: int = 60,
-) -> dict[str, Any]:
-    """Every figure of the dashboard for one selection, as a dict graph-id -> Figure, plus ``summary``."""
-    data = load_sweeps(tracking_uri, experiment, refresh_s)
-    # a filter that selects everything is no filter (one cache entry, one computation)
-    sweeps = None if not sweeps or set(sweeps) >= set(data.sweeps) else sorted(sweeps)
-    families = None if not families or set(families) >= set(data.families) else sorted(families)
-    key = (
-        tracking_uri,
-        experiment,
-        data.version,
-        tuple(sweeps or ()),
-        tuple(families or ()),
-        target,
-        laws.source,
-        curve_limit,
-    )
-
-    def compute() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        runs = data.select(sweeps, families)
-        curves = loss_curves(tracking_uri, runs, limit=curve_limit)
-        progress = data.progress()
-        if sweeps:
-            progress = progress[progress["sweep"].isin(sweeps)]
-        out: dict[str, Any] = {
-            "progress": figures.progress_figure(progress),
-            "curves": figures.loss_curves_figure(curves, runs),
-            "isoflop": figures.isoflop_figure(analysis.isoflop_profiles(runs), laws),
-            "frontier": figures.frontier_figure(runs, laws, target),
-            "lr": figures.hparam_figure(runs, laws, "lr", target),
-            "batch": figures.hparam_figure(runs, laws, "batch", target),
-            "lev-A": figures.leverage_figure(laws, target, "A"),
-            "lev-G": figures.leverage_figure(laws, target, "G"),
-            "resid": figures.residuals_figure(analysis.residuals(runs, laws), laws),
-        }
-        counts = runs["state"].value_counts().to_dict()
-        out["summary"] = {
-            "n_runs": int(len(runs)),
-            "states": {k: int(v) for k, v in counts.items()},
-            "load_s": data.load_s,
-            "aggregate_s": time.perf_counter() - t0,
-        }
-        return out
-
-    return FIGURE_CACHE.get_or_compute(key, compute)
+GRID = {"display": "grid", "gridTemplateColumns": "repeat(auto-fill, minmax(560px, 1fr))", "gap": "8px"}
+GRAPH_CONFIG = {"displaylogo": False}
 
 
 def _token_ok(expected: str) -> bool:
@@ -91,6 +57,35 @@ def _token_ok(expected: str) -> bool:
     return any(g and hmac.compare_digest(g.encode(), expected.encode()) for g in given)
 
 
+GRAPH_TYPE = "wt-graph"  # pattern-matching id type of every chart: {"type": GRAPH_TYPE, "name": graph}
+
+
+def _graphs(figs: dict[str, Any], graphs: list[str]) -> html.Div:
+    """One tab's charts; each ``dcc.Graph`` sits in a ``div#g-<graph>`` (a stable DOM id for tests)."""
+    return html.Div(
+        style=GRID,
+        children=[
+            html.Div(
+                dcc.Graph(id={"type": GRAPH_TYPE, "name": g}, figure=figs[g], config=GRAPH_CONFIG),
+                id=f"g-{g}",
+            )
+            for g in graphs
+        ],
+    )
+
+
+PRELOAD = ("dash/dcc/async-graph.js", "plotly/package_data/plotly.min.js")
+
+
+def _index_with_preload(app: Dash) -> str:
+    """Dash's page template plus ``<link rel=preload>`` for the scripts a Graph loads on first render."""
+    links = "".join(
+        f'<link rel="preload" as="script" href="{app.get_relative_path("/_dash-component-suites/" + p)}">'
+        for p in PRELOAD
+    )
+    return app.index_string.replace("{%metas%}", "{%metas%}" + links, 1)
+
+
 def create_app(
     tracking_uri: str,
     laws_path: str | None = None,
@@ -98,12 +93,24 @@ def create_app(
     refresh_s: float = 5.0,
     experiment: str | None = None,
     target: float = DEFAULT_TARGET,
+    reader: str = "auto",
+    single_page: bool = False,
+    eager_loading: bool = False,
 ) -> Dash:
-    """Build the Dash app over ``tracking_uri`` (read-only) and the law file ``laws_path`` (read once)."""
-    laws = analysis.load_laws(laws_path)
-    app = Dash(__name__, title="windtunnel", serve_locally=True, update_title=None)
-    server = app.server
+    """Build the Dash app over ``tracking_uri`` (read-only) and the law file ``laws_path`` (read once).
 
+    ``reader``: how the store is read (``dashboards.data.READERS``); ``single_page``: all charts on one page
+    instead of tabs; ``eager_loading``: Dash's option to load every async component bundle up front (≈4 MB
+    more script, MathJax included). Without it, the page asks the browser to preload just the graph
+    component and plotly.js (``_index_with_preload``), so they download while the layout is fetched instead
+    of after it has been rendered."""
+    laws = analysis.load_laws(laws_path)
+    app = Dash(
+        __name__, title="windtunnel", serve_locally=True, update_title=None, eager_loading=eager_loading
+    )
+    if not eager_loading:
+        app.index_string = _index_with_preload(app)
+    server = app.server
     if token:
 
         @server.before_request
@@ -118,30 +125,58 @@ def create_app(
                 resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
             return resp
 
-    graph = {"displaylogo": False}
+    tabs_graphs = {"all": ("All charts", GRAPHS)} if single_page else TABS
+    first_tab = "all" if single_page else FIRST_TAB
+
+    def view(name: str, sweeps, families, tgt, tab: str) -> tuple[dict, list[str], str, list]:  # noqa: ANN001
+        """(figures, the tab's graphs, summary text, view key) for one selection; the key says what the page
+        shows."""
+        tab = tab if tab in tabs_graphs else first_tab
+        graphs = tabs_graphs[tab][1]
+        figs = build_figures(
+            tracking_uri,
+            name,
+            laws,
+            sweeps or None,
+            families or None,
+            float(tgt or target),
+            refresh_s,
+            graphs=graphs,
+            reader=reader,
+        )
+        s = figs["summary"]
+        key = [
+            name,
+            repr(s["version"]),
+            sorted(sweeps or []),
+            sorted(families or []),
+            float(tgt or target),
+            tab,
+        ]
+        return figs, graphs, summary_text(s), key
+
+    def recommend_outputs(tgt) -> tuple:  # noqa: ANN001
+        rec = recommendation(laws, float(tgt or target))
+        rows = [html.Tr([html.Th("item"), html.Th("value")])]
+        rows += [html.Tr([html.Td(r.item), html.Td(r.value)]) for r in rec.summary.itertuples()]
+        return rows, rec.yaml_text, f"source: {rec.source}. {rec.note}"
 
     def layout() -> html.Div:
-        """Built per page load, so the experiment list and the filters are current without a round trip."""
-        exps = list_experiments(tracking_uri)
+        """Built per page load, so the experiment list and the filters are current without a round trip;
+        the first tab's charts are rendered into it."""
+        exps = list_experiments(tracking_uri, reader)
         first = experiment if experiment in exps else (exps[0] if exps else None)
-        fams: list[str] = load_sweeps(tracking_uri, first, refresh_s).families if first else []
-        sweeps: list[str] = load_sweeps(tracking_uri, first, refresh_s).sweeps if first else []
-        # the first view is rendered into the layout itself: one request, no empty-figure pass, no round trip
-        figs = (
-            _figure_outputs(first, None, None, target) if first else [{} for _ in GRAPHS] + ["no experiment"]
-        )
-        rec = _recommend_outputs(target)
-        return _layout(exps, first, sweeps, fams, graph, figs, rec)
+        if first:
+            data = load_sweeps(tracking_uri, first, refresh_s, reader=reader)
+            sweeps, fams = data.sweeps, data.families
+            figs, graphs, summary, key = view(first, None, fams, target, first_tab)
+            content = _graphs(figs, graphs)
+        else:
+            sweeps, fams, content, summary, key = [], [], html.Div(), "no experiment", None
+        return _layout(exps, first, sweeps, fams, content, summary, key, recommend_outputs(target))
 
-    def _layout(
-        exps: list[str],
-        first: str | None,
-        sweeps: list[str],
-        fams: list[str],
-        graph: dict,
-        figs: list,
-        rec: tuple,
-    ) -> html.Div:
+    def _layout(exps, first, sweeps, fams, content, summary, key, rec) -> html.Div:  # noqa: ANN001
+        control = {"style": {"width": "220px"}}
         return html.Div(
             style={"fontFamily": "sans-serif", "margin": "12px"},
             children=[
@@ -152,9 +187,7 @@ def create_app(
                         html.Div(
                             [
                                 html.Label("experiment"),
-                                dcc.Dropdown(
-                                    exps, first, id="experiment", clearable=False, style={"width": "220px"}
-                                ),
+                                dcc.Dropdown(exps, first, id="experiment", clearable=False, **control),
                             ]
                         ),
                         html.Div(
@@ -191,18 +224,16 @@ def create_app(
                     ],
                 ),
                 dcc.Interval(id="tick", interval=int(refresh_s * 1000), disabled=False),
-                html.Div(figs[-1], id="summary", style={"margin": "8px 0", "color": "#444"}),
-                html.Div(
-                    style={
-                        "display": "grid",
-                        "gridTemplateColumns": "repeat(auto-fill, minmax(560px, 1fr))",
-                        "gap": "8px",
-                    },
+                dcc.Store(id="view-key", data=key),
+                html.Div(summary, id="summary", style={"margin": "8px 0", "color": "#444"}),
+                dcc.Tabs(
+                    id="tabs",
+                    value=first_tab,
                     children=[
-                        dcc.Graph(id=f"g-{g}", figure=f, config=graph)
-                        for g, f in zip(GRAPHS, figs, strict=False)
+                        dcc.Tab(label=label, value=t, id=f"tab-{t}") for t, (label, _) in tabs_graphs.items()
                     ],
                 ),
+                html.Div(content, id="tab-content", style={"minHeight": "400px"}),
                 html.H3("Recommendation at the target compute"),
                 html.Div(rec[2], id="rec-note", style={"color": "#a60"}),
                 html.Table(rec[0], id="rec-table"),
@@ -225,7 +256,7 @@ def create_app(
         )
 
     def _check_experiment(name: str | None) -> str:
-        if name is None or name not in list_experiments(tracking_uri):
+        if name is None or name not in list_experiments(tracking_uri, reader):
             raise dash.exceptions.PreventUpdate
         return name
 
@@ -246,38 +277,33 @@ def create_app(
         prevent_initial_call=True,
     )
     def _filters(name: str | None) -> tuple[list[str], list[str], list[str]]:
-        data = load_sweeps(tracking_uri, _check_experiment(name), refresh_s)
+        data = load_sweeps(tracking_uri, _check_experiment(name), refresh_s, reader=reader)
         return data.sweeps, data.families, data.families
 
-    def _figure_outputs(name: str, sweeps, families, tgt) -> list:  # noqa: ANN001
-        figs = build_figures(
-            tracking_uri, name, laws, sweeps or None, families or None, float(tgt or target), refresh_s
-        )
-        s = figs["summary"]
-        states = ", ".join(f"{k}: {v}" for k, v in sorted(s["states"].items()))
-        text = (
-            f"{s['n_runs']} runs ({states}) · store read {s['load_s']:.2f} s · "
-            f"aggregated {s['aggregate_s']:.2f} s · updated {time.strftime('%H:%M:%S')}"
-        )
-        return [figs[g] for g in GRAPHS] + [text]
-
-    def _recommend_outputs(tgt) -> tuple:  # noqa: ANN001
-        rec = analysis.recommendation(laws, float(tgt or target))
-        rows = [html.Tr([html.Th("item"), html.Th("value")])]
-        rows += [html.Tr([html.Td(r.item), html.Td(r.value)]) for r in rec.summary.itertuples()]
-        return rows, rec.yaml_text, f"source: {rec.source}. {rec.note}"
-
     @app.callback(
-        [Output(f"g-{g}", "figure") for g in GRAPHS] + [Output("summary", "children")],
+        Output("tab-content", "children"),
+        Output({"type": GRAPH_TYPE, "name": ALL}, "figure"),
+        Output("summary", "children"),
+        Output("view-key", "data"),
         Input("experiment", "value"),
         Input("sweeps", "value"),
         Input("families", "value"),
         Input("target", "value"),
         Input("tick", "n_intervals"),
+        Input("tabs", "value"),
+        State("view-key", "data"),
         prevent_initial_call=True,
     )
-    def _figures(name, sweeps, families, tgt, _n):  # noqa: ANN001, ANN202 - dash callback
-        return _figure_outputs(_check_experiment(name), sweeps, families, tgt)
+    def _view(name, sweeps, families, tgt, _n, tab, shown):  # noqa: ANN001, ANN202 - dash callback
+        """A new tab (or a page without its charts) gets new graphs; a refresh or a filter change on the
+        shown tab updates the figures of the graphs in place (no remount: zoom is kept via uirevision)."""
+        figs, graphs, summary, key = view(_check_experiment(name), sweeps, families, tgt, tab)
+        if key == shown:  # same store version, same selection: the page already shows it
+            raise dash.exceptions.PreventUpdate
+        present = [o["id"]["name"] for o in dash.ctx.outputs_list[1]]
+        if present == graphs:
+            return dash.no_update, [figs[g] for g in present], summary, key
+        return _graphs(figs, graphs), [dash.no_update] * len(present), summary, key
 
     @app.callback(
         Output("rec-table", "children"),
@@ -287,7 +313,7 @@ def create_app(
         prevent_initial_call=True,
     )
     def _recommend(tgt):  # noqa: ANN001, ANN202 - dash callback
-        return _recommend_outputs(tgt)
+        return recommend_outputs(tgt)
 
     @app.callback(
         Output("rec-download", "data"),
@@ -296,7 +322,7 @@ def create_app(
         prevent_initial_call=True,
     )
     def _download(_clicks, tgt):  # noqa: ANN001, ANN202 - dash callback
-        rec = analysis.recommendation(laws, float(tgt or target))
+        rec = recommendation(laws, float(tgt or target))
         return dcc.send_string(rec.yaml_text, rec.filename)
 
     app.layout = layout  # after the callbacks: Dash calls it once here to validate

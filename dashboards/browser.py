@@ -77,6 +77,28 @@ def wait_for_graphs(driver: Any, n_graphs: int, timeout_s: float = 60.0) -> list
     raise TimeoutError(f"graphs not rendered within {timeout_s} s: {state}")
 
 
+def wait_for_graph_ids(driver: Any, graph_ids: list[str], timeout_s: float = 60.0) -> dict[str, int]:
+    """Poll until the page shows exactly the Plotly graphs ``graph_ids`` (e.g. ``["g-curves"]``, what one
+    tab holds), each drawn with at least one trace, and Dash is idle; returns graph id -> trace count."""
+    deadline = time.monotonic() + timeout_s
+    state: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        state = dict(driver.execute_script(GRAPH_STATE_JS))
+        loading = driver.execute_script(
+            "return document.querySelectorAll('[data-dash-is-loading=\"true\"]').length"
+        )
+        if sorted(state) == sorted(graph_ids) and all(n > 0 for n in state.values()) and not loading:
+            return state
+        time.sleep(0.02)
+    raise TimeoutError(f"graphs {graph_ids} not rendered within {timeout_s} s: {state}")
+
+
+def open_tab(driver: Any, tab: str, graph_ids: list[str], timeout_s: float = 60.0) -> dict[str, int]:
+    """Click the dashboard tab ``tab`` (element id ``tab-<tab>``) and wait for its graphs."""
+    driver.find_element("id", f"tab-{tab}").click()
+    return wait_for_graph_ids(driver, graph_ids, timeout_s)
+
+
 def console_errors(driver: Any) -> list[str]:
     """SEVERE entries of the browser console since the last call."""
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

@@ -2,6 +2,11 @@
 
 Everything a chart needs is computed here, on the server, and cached per (tracking URI, experiment, store
 version); the browser only receives the few thousand points it draws. The store is only read.
+
+Two readers give the same tables: ``"sql"`` (SQLite/PostgreSQL/MySQL stores: a handful of set-wise SELECTs on
+MLflow's tables, ``dashboards.sqlstore``) and ``"mlflow"`` (``MlflowClient.search_runs`` paging and one
+``get_metric_history`` per run; any store, e.g. an ``http://`` tracking server). ``"auto"`` picks ``"sql"``
+whenever the URI is a SQL store with the tables and columns it reads (``sqlstore.usable``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dashboards import sqlstore
 from windtunnel.runtable import validate_run_table
 
 NEAR_OPTIMAL_TOL = 0.0025  # Ling (arXiv 2507.17702 sec. 3): runs within 0.25% of the best loss at a budget
 STATES = ("running", "finished", "failed", "diverged", "killed", "scheduled")
+READERS = ("auto", "sql", "mlflow")
+CURVE_POINTS = 400  # most points drawn per loss curve (log-spaced in step, first and last kept)
 
 
 class _Cache:
@@ -46,6 +54,11 @@ class _Cache:
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
         return value
+
+    def peek(self, key: Hashable) -> Any:
+        """The cached value or None, without computing (and without counting a hit or a miss)."""
+        with self._lock:
+            return self._data.get(key)
 
     def clear(self) -> None:
         with self._lock:
@@ -96,30 +109,52 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _experiment_id(tracking_uri: str, experiment: str) -> str:
-    exp = _client(tracking_uri).get_experiment_by_name(experiment)
-    if exp is None:
+def _use_sql(tracking_uri: str, reader: str) -> bool:
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, not {reader!r}")
+    if reader == "sql" and not sqlstore.is_sql_uri(tracking_uri):
+        raise ValueError(f"reader 'sql' needs a SQL tracking store, not {tracking_uri}")
+    return reader == "sql" or (reader == "auto" and sqlstore.usable(tracking_uri))
+
+
+def _experiment_id(tracking_uri: str, experiment: str, reader: str = "auto") -> str:
+    if _use_sql(tracking_uri, reader):
+        exp_id = sqlstore.experiment_id(tracking_uri, experiment)
+    else:
+        exp = _client(tracking_uri).get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else None
+    if exp_id is None:
         raise LookupError(f"no experiment named {experiment!r} in {tracking_uri}")
-    return exp.experiment_id
+    return exp_id
 
 
-def list_experiments(tracking_uri: str) -> list[str]:
+def list_experiments(tracking_uri: str, reader: str = "auto") -> list[str]:
     """Names of the experiments in the store, newest first (the Default experiment last)."""
-    from mlflow.entities import ViewType
+    if _use_sql(tracking_uri, reader):
+        df = sqlstore.experiments(tracking_uri)
+        names = list(df.sort_values("creation_time", ascending=False, na_position="last")["name"])
+    else:
+        from mlflow.entities import ViewType
 
-    exps = _client(tracking_uri).search_experiments(view_type=ViewType.ACTIVE_ONLY)
-    names = [e.name for e in sorted(exps, key=lambda e: -(e.creation_time or 0))]
+        exps = _client(tracking_uri).search_experiments(view_type=ViewType.ACTIVE_ONLY)
+        names = [e.name for e in sorted(exps, key=lambda e: -(e.creation_time or 0))]
     return sorted(names, key=lambda n: n == "Default")
 
 
-def store_version(tracking_uri: str, experiment: str, refresh_s: float = 5.0) -> tuple:
-    """Cheap cache key for an experiment's run set: (newest start, newest end, runs alive, time bucket).
+def store_version(tracking_uri: str, experiment: str, refresh_s: float = 5.0, reader: str = "auto") -> tuple:
+    """Cheap cache key for an experiment's run set (the store's last update).
 
-    Three one-row queries. A finished store has a fixed key; while runs are alive their metrics change without
-    touching the run rows, so the key also carries ``floor(now / refresh_s)``.
+    SQL reader: one aggregate query, ``(exp_id, runs, newest start, newest end, alive, bucket)``. MLflow
+    reader: three one-row ``search_runs``, ``(exp_id, newest start, newest end, alive, bucket)``. While runs
+    are alive their metrics change without touching the run rows, so the key also carries
+    ``floor(now / refresh_s)``; a finished store has a fixed key.
     """
+    exp_id = _experiment_id(tracking_uri, experiment, reader)
+    if _use_sql(tracking_uri, reader):
+        n, start, end, alive = sqlstore.run_set_version(tracking_uri, exp_id)
+        bucket = int(time.time() // refresh_s) if alive else 0
+        return (exp_id, n, start, end, bool(alive), bucket)
     client = _client(tracking_uri)
-    exp_id = _experiment_id(tracking_uri, experiment)
     newest = client.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=1)
     ended = client.search_runs([exp_id], order_by=["attributes.end_time DESC"], max_results=1)
     alive = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1)
@@ -202,24 +237,31 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def load_sweeps(tracking_uri: str, experiment: str, refresh_s: float = 5.0) -> SweepData:
-    """Child runs of ``experiment`` as a run table, cached per (uri, experiment, store_version)."""
-    version = store_version(tracking_uri, experiment, refresh_s)
+def load_sweeps(
+    tracking_uri: str, experiment: str, refresh_s: float = 5.0, reader: str = "auto"
+) -> SweepData:
+    """Child runs of ``experiment`` as a run table, cached per (uri, experiment, reader, store_version)."""
+    version = store_version(tracking_uri, experiment, refresh_s, reader)
+    sql = _use_sql(tracking_uri, reader)
 
     def compute() -> SweepData:
         t0 = time.perf_counter()
-        client = _client(tracking_uri)
-        runs: list = []
-        token = None
-        while True:  # the client is bound to our URI (mlflow.search_runs would use the global one)
-            page = client.search_runs([version[0]], max_results=5000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-        return SweepData(experiment, runs_frame(runs_to_df(runs)), version, time.perf_counter() - t0)
+        if sql:
+            search_df = sqlstore.search_runs_frame(tracking_uri, version[0])
+        else:
+            client = _client(tracking_uri)
+            runs: list = []
+            token = None
+            while True:  # the client is bound to our URI (mlflow.search_runs would use the global one)
+                page = client.search_runs([version[0]], max_results=5000, page_token=token)
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    break
+            search_df = runs_to_df(runs)
+        return SweepData(experiment, runs_frame(search_df), version, time.perf_counter() - t0)
 
-    return SWEEP_CACHE.get_or_compute((tracking_uri, experiment, version), compute)
+    return SWEEP_CACHE.get_or_compute((tracking_uri, experiment, sql, version), compute)
 
 
 def runs_to_df(runs: list) -> pd.DataFrame:
@@ -239,28 +281,69 @@ def runs_to_df(runs: list) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def loss_curves(
-    tracking_uri: str, runs: pd.DataFrame, metric: str = "loss", limit: int = 60, workers: int = 8
-) -> dict[str, pd.DataFrame]:
-    """Per-step ``metric`` history (columns step, value) of up to ``limit`` runs, newest first.
+def downsample_curve(curve: pd.DataFrame, max_points: int = CURVE_POINTS) -> pd.DataFrame:
+    """At most ``max_points`` rows of a (step, value) curve, chosen log-spaced in row index (the chart's x
+    axis is log step, so early steps keep their detail); the first and the last row are always kept."""
+    n = len(curve)
+    if n <= max_points:
+        return curve
 
-    Finished runs are cached forever (their history cannot change); live runs per store version.
+    def rows(num: int) -> np.ndarray:
+        return np.unique(np.round(np.geomspace(1, n, num)).astype(np.int64) - 1)
+
+    lo, hi = max_points, n  # rounding merges early samples: find the most samples giving <= max_points rows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if len(rows(mid)) <= max_points else (lo, mid - 1)
+    return curve.iloc[rows(lo)].reset_index(drop=True)
+
+
+def loss_curves(
+    tracking_uri: str,
+    runs: pd.DataFrame,
+    metric: str = "loss",
+    limit: int = 60,
+    workers: int = 8,
+    max_points: int = CURVE_POINTS,
+    reader: str = "auto",
+) -> dict[str, pd.DataFrame]:
+    """Per-step ``metric`` history (columns step, value) of up to ``limit`` runs, newest first, each
+    downsampled to ``max_points`` (:func:`downsample_curve`).
+
+    Only the curves asked for are read: in one SELECT on a SQL store, else one ``get_metric_history`` per run.
+    Finished runs are cached forever (their history cannot change); live runs per 5 s.
     """
     chosen = runs.sort_values("start_time", ascending=False).head(limit)
+    items = list(zip(chosen["run_id"], chosen["mlflow_status"] == "running", strict=True))
+
+    def key(run_id: str, live: bool) -> tuple:
+        return (tracking_uri, run_id, metric, max_points, int(time.time() // 5) if live else 0)
+
+    out: dict[str, pd.DataFrame] = {}
+    if _use_sql(tracking_uri, reader):
+        missing = [rid for rid, live in items if CURVE_CACHE.peek(key(rid, live)) is None]
+        fetched = sqlstore.metric_histories(tracking_uri, missing, metric)
+        for rid, live in items:
+
+            def compute(rid: str = rid) -> pd.DataFrame:
+                curve = fetched.get(rid)
+                if curve is None:  # evicted since the peek: read this one alone
+                    curve = sqlstore.metric_histories(tracking_uri, [rid], metric)[rid]
+                return downsample_curve(curve, max_points)
+
+            out[rid] = CURVE_CACHE.get_or_compute(key(rid, live), compute)
+        return out
     client = _client(tracking_uri)
 
     def fetch(run_id: str, live: bool) -> tuple[str, pd.DataFrame]:
-        key = (tracking_uri, run_id, metric, int(time.time() // 5) if live else 0)
-
         def compute() -> pd.DataFrame:
             hist = client.get_metric_history(run_id, metric)
             steps = np.array([m.step for m in hist], dtype=np.int64)
             values = np.array([m.value for m in hist], dtype=float)
             order = np.argsort(steps, kind="stable")
-            return pd.DataFrame({"step": steps[order], "value": values[order]})
+            return downsample_curve(pd.DataFrame({"step": steps[order], "value": values[order]}), max_points)
 
-        return run_id, CURVE_CACHE.get_or_compute(key, compute)
+        return run_id, CURVE_CACHE.get_or_compute(key(run_id, live), compute)
 
-    items = list(zip(chosen["run_id"], chosen["mlflow_status"] == "running", strict=True))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
         return dict(pool.map(lambda a: fetch(*a), items))

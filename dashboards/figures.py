@@ -28,8 +28,13 @@ STATE_COLORS = {
     "killed": "#7f7f7f",
     "scheduled": "#bcbd22",
 }
+# uirevision: a live refresh that redraws a chart keeps the user's zoom and legend choices
 LAYOUT = dict(
-    template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=50), legend=dict(font=dict(size=10))
+    template="plotly_white",
+    height=380,
+    margin=dict(l=60, r=20, t=50, b=50),
+    legend=dict(font=dict(size=10)),
+    uirevision="keep",
 )
 
 
@@ -43,12 +48,21 @@ def _empty(title: str, why: str) -> go.Figure:
     return fig
 
 
-def _hover(df: pd.DataFrame) -> list[str]:
-    return [
-        f"{r.run_name or r.run_id[:8]}<br>sweep={r.sweep} family={r.family}<br>N={r.params:.3g} "
-        f"D={r.tokens:.3g} C={r.compute:.3g}<br>lr={r.lr:.3g} batch={r.batch_tokens:.3g} loss={r.loss:.4f}"
-        for r in df.itertuples()
-    ]
+HOVER_RUN = (
+    "%{text}<br>N=%{customdata[0]:.3g} D=%{customdata[1]:.3g} C=%{customdata[2]:.3g}"
+    "<br>lr=%{customdata[3]:.3g} batch=%{customdata[4]:.3g} loss=%{customdata[5]:.4f}<extra></extra>"
+)
+HOVER_COLUMNS = ["params", "tokens", "compute", "lr", "batch_tokens", "loss"]
+
+
+def _hover(df: pd.DataFrame) -> dict:
+    """Hover for run markers: the run's name, sweep and family as ``text`` and its numbers as a float32
+    ``customdata`` matrix (sent to the browser as one binary array) formatted by one shared
+    ``hovertemplate``, instead of one preformatted string per point."""
+    names = df["run_name"].where(df["run_name"].astype(bool), df["run_id"].str[:8])
+    text = (names + " · " + df["sweep"].astype(str) + " · " + df["family"].astype(str)).tolist()
+    custom = df[HOVER_COLUMNS].to_numpy(dtype=np.float32).reshape(len(df), len(HOVER_COLUMNS))
+    return dict(text=text, customdata=custom, hovertemplate=HOVER_RUN)
 
 
 def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str, color: str, **kw) -> None:
@@ -132,8 +146,7 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
                 name=label,
                 legendgroup=label,
                 marker=dict(color=col, size=6),
-                text=_hover(p.runs),
-                hoverinfo="text",
+                **_hover(p.runs),
             )
         )
         if p.coeffs is not None:
@@ -198,8 +211,7 @@ def frontier_figure(runs: pd.DataFrame, laws: Laws, target: float) -> go.Figure:
                 mode="markers",
                 name=f"runs ({fam})",
                 marker=dict(color=_color(fam), size=5, opacity=0.6),
-                text=_hover(grp),
-                hoverinfo="text",
+                **_hover(grp),
             )
         )
     if laws.has("frontier"):
@@ -250,8 +262,7 @@ def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | No
                 opacity=0.5,
                 colorbar=dict(title="loss", len=0.6),
             ),
-            text=_hover(done),
-            hoverinfo="text",
+            **_hover(done),
         )
     )
     sel = done[near.reindex(done.index, fill_value=False)]
@@ -262,8 +273,7 @@ def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | No
             mode="markers",
             name="within 0.25% of best",
             marker=dict(symbol="circle-open", size=11, color="#d62728", line=dict(width=2)),
-            text=_hover(sel),
-            hoverinfo="text",
+            **_hover(sel),
         )
     )
     if laws.has(law):
@@ -323,11 +333,10 @@ def residuals_figure(resid: pd.DataFrame, laws: Laws) -> go.Figure:
                 mode="markers",
                 name=name,
                 marker=dict(size=6, color="#1f77b4" if in_fit else "#ff7f0e"),
-                text=[
-                    f"{r.run_id[:8]} {r.family}<br>loss {r.loss:.4f} pred {r.predicted:.4f}"
-                    for r in grp.itertuples()
-                ],
-                hoverinfo="text+y",
+                text=(grp["run_id"].str[:8] + " " + grp["family"].astype(str)).tolist(),
+                customdata=grp[["loss", "predicted"]].to_numpy(dtype=np.float64).reshape(len(grp), 2),
+                hovertemplate="%{text}<br>loss %{customdata[0]:.4f} pred %{customdata[1]:.4f}"
+                "<br>residual %{y:.4f}<extra></extra>",
             )
         )
     fig.add_hline(y=0, line=dict(color="black", dash="dot"))

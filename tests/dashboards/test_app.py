@@ -1,4 +1,5 @@
-"""The Dash app on a seeded store, no browser: figures, token gate, bind safety, read-only callbacks."""
+"""The Dash app on a seeded store, no browser: figures, lazy tabs, token gate, bind safety, read-only
+callbacks."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 
 import pytest
 
-from dashboards import analysis
-from dashboards.app import GRAPHS, build_figures, create_app
+from dashboards import analysis, data
+from dashboards.app import FIGURE_CACHE, GRAPHS, TABS, build_figures, create_app
 from dashboards.cli_dashboard import check_bind, is_loopback
 
 # trace counts for the seeded store (36 runs: 2 sweeps, dense+moe, 33 finished / 2 running / 1 failed)
@@ -79,50 +80,129 @@ def test_cli_refuses_public_bind_without_token() -> None:
     assert main(["dashboard", "--host", "0.0.0.0", "--port", "8999"]) == 2
 
 
+def _post(client, cb: dict, inputs: list[dict], state: list[dict] | None = None, present=()):  # noqa: ANN001, ANN202
+    """POST a callback as the browser does; ``present``: the graphs on the page (the pattern-matching
+    ``{"type": "wt-graph", "name": ALL}`` output of the view callback)."""
+    outputs: list = []
+    for o in cb["output"].strip(".").split("..."):
+        cid, prop = o.rsplit(".", 1)
+        if cid.startswith("{"):
+            outputs.append([{"id": {"type": "wt-graph", "name": g}, "property": prop} for g in present])
+        else:
+            outputs.append({"id": cid, "property": prop})
+    body = {
+        "output": cb["output"],
+        "outputs": outputs,
+        "inputs": inputs,
+        "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"],
+        "state": state or [],
+    }
+    return client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+
+
+def _view_inputs(experiment: str, tab: str) -> list[dict]:
+    return [
+        {"id": "experiment", "property": "value", "value": experiment},
+        {"id": "sweeps", "property": "value", "value": []},
+        {"id": "families", "property": "value", "value": ["dense", "moe"]},
+        {"id": "target", "property": "value", "value": 6.4e24},
+        {"id": "tick", "property": "n_intervals", "value": 1},
+        {"id": "tabs", "property": "value", "value": tab},
+    ]
+
+
+def _graph_traces(component: dict) -> dict[str, int]:
+    """graph name -> number of traces in a serialised tab-content Div (each Graph wrapped in div#g-name)."""
+    kids = component["props"]["children"]
+    return {k["props"]["id"][2:]: len(k["props"]["children"]["props"]["figure"]["data"]) for k in kids}
+
+
 def test_callbacks_are_read_only_and_reject_unknown_experiments(store: dict) -> None:
     app = create_app(store["uri"], store["laws"])
     client = app.server.test_client()
     deps = client.get("/_dash-dependencies").get_json()
     outputs = {d["output"] for d in deps}
-    # every callback writes only to page components: graphs, filters, the summary and the recommendation
+    # every callback writes only to page components: the visible tab, filters, summary, recommendation
+    allowed = {"tab-content", "view-key", "summary", "sweeps", "families", "tick"}
+    allowed |= {"rec-table", "rec-yaml", "rec-note", "rec-download"}
     for out in outputs:
         for part in out.strip(".").split("..."):
-            assert part.split(".")[0] in {f"g-{g}" for g in GRAPHS} | {
-                "summary",
-                "sweeps",
-                "families",
-                "tick",
-                "rec-table",
-                "rec-yaml",
-                "rec-note",
-                "rec-download",
-            }, part
-    fig_cb = next(d for d in deps if "g-progress.figure" in d["output"])
+            cid = part.rsplit(".", 1)[0]
+            assert (
+                cid in allowed or json.loads(cid if cid.startswith("{") else "{}").get("type") == "wt-graph"
+            ), part
+    view_cb = next(d for d in deps if "tab-content.children" in d["output"])
     before = store["db"].read_bytes()
-    body = {
-        "output": fig_cb["output"],
-        "outputs": [
-            {"id": o.split(".")[0], "property": o.split(".")[1]}
-            for o in fig_cb["output"].strip(".").split("...")
-        ],
-        "inputs": [
-            {"id": "experiment", "property": "value", "value": "../../../../etc/passwd"},
-            {"id": "sweeps", "property": "value", "value": []},
-            {"id": "families", "property": "value", "value": []},
-            {"id": "target", "property": "value", "value": 1e24},
-            {"id": "tick", "property": "n_intervals", "value": 1},
-        ],
-        "changedPropIds": ["experiment.value"],
-        "state": [],
-    }
-    resp = client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+    inputs = _view_inputs("../../../../etc/passwd", "curves")
+    resp = _post(client, view_cb, inputs, [{"id": "view-key", "property": "data", "value": None}])
     assert resp.status_code == 204  # PreventUpdate: not an experiment of this store, nothing read
-    body["inputs"][0]["value"] = store["experiment"]
-    resp = client.post("/_dash-update-component", data=json.dumps(body), content_type="application/json")
+    inputs = _view_inputs(store["experiment"], "curves")
+    resp = _post(client, view_cb, inputs, [{"id": "view-key", "property": "data", "value": None}])
     assert resp.status_code == 200
     payload = resp.get_json()["response"]
-    assert len(payload["g-curves"]["figure"]["data"]) == EXPECTED_TRACES["curves"]
+    # only the picked tab's charts are sent
+    assert _graph_traces(payload["tab-content"]["children"]) == {"curves": EXPECTED_TRACES["curves"]}
+    assert "36 runs" in payload["summary"]["children"]
     assert store["db"].read_bytes() == before  # the store file is unchanged by serving
+
+
+def test_live_tick_resends_only_when_the_store_changes(tmp_path) -> None:
+    from dashboards.seed import SeedSpec, seed_store
+
+    uri = f"sqlite:///{tmp_path / 't.db'}"
+    seed_store(uri, SeedSpec(experiment="t", n_runs=4, n_steps=4, n_running=0, n_failed=0))
+    client = create_app(uri, None).server.test_client()
+    deps = client.get("/_dash-dependencies").get_json()
+    view_cb = next(d for d in deps if "tab-content.children" in d["output"])
+    inputs = _view_inputs("t", "overview")
+    resp = _post(client, view_cb, inputs, [{"id": "view-key", "property": "data", "value": None}])
+    key = resp.get_json()["response"]["view-key"]["data"]
+    assert "4 runs" in resp.get_json()["response"]["summary"]["children"]
+    # a tick with nothing changed in the store: nothing is resent
+    resp = _post(client, view_cb, inputs, [{"id": "view-key", "property": "data", "value": key}])
+    assert resp.status_code == 204
+    seed_store(uri, SeedSpec(experiment="t", n_runs=2, n_steps=4, n_running=0, n_failed=0, seed=1))
+    shown = [{"id": "view-key", "property": "data", "value": key}]
+    resp = _post(client, view_cb, inputs, shown, present=TABS["overview"][1])
+    out = resp.get_json()["response"]
+    assert resp.status_code == 200 and "6 runs" in out["summary"]["children"]
+    # the tab's graphs are on the page: their figures are updated in place, the tab is not rebuilt
+    assert "tab-content" not in out
+    progress = out['{"name":"progress","type":"wt-graph"}']["figure"]
+    assert [t["name"] for t in progress["data"]] == ["finished"]
+    assert progress["layout"]["uirevision"] == "keep"  # zoom survives the refresh
+
+
+def test_each_tab_is_built_lazily(store: dict) -> None:
+    """Opening the page builds and sends the first tab's charts only; every tab then yields its own."""
+    app = create_app(store["uri"], store["laws"])
+    client = app.server.test_client()
+    FIGURE_CACHE.clear()
+    data.CURVE_CACHE.clear()
+    layout = client.get("/_dash-layout").get_data(as_text=True)
+    first = TABS["overview"][1]
+    assert all(f'"g-{g}"' in layout for g in first)
+    assert not any(f'"g-{g}"' in layout for g in GRAPHS if g not in first)
+    built = {k[-1] for k in FIGURE_CACHE._data}
+    assert built == set(first)
+    assert len(data.CURVE_CACHE._data) == 0  # no metric history was read to open the page
+    deps = client.get("/_dash-dependencies").get_json()
+    view_cb = next(d for d in deps if "tab-content.children" in d["output"])
+    seen = {}
+    for tab, (_, graphs) in TABS.items():
+        state = [{"id": "view-key", "property": "data", "value": None}]
+        resp = _post(client, view_cb, _view_inputs(store["experiment"], tab), state)
+        traces = _graph_traces(resp.get_json()["response"]["tab-content"]["children"])
+        assert list(traces) == graphs
+        seen.update(traces)
+    assert seen == EXPECTED_TRACES
+
+
+def test_single_page_old_path_still_selectable(store: dict) -> None:
+    """The former layout (all charts on one page, store read with MLflow's client) for comparison."""
+    app = create_app(store["uri"], store["laws"], reader="mlflow", single_page=True)
+    layout = app.server.test_client().get("/_dash-layout").get_data(as_text=True)
+    assert all(f'"g-{g}"' in layout for g in GRAPHS)
 
 
 def test_recommendation_download(store: dict) -> None:

@@ -1,12 +1,15 @@
-"""Server-side aggregation over a real seeded MLflow store: run table, progress, cache, loss curves."""
+"""Server-side aggregation over a real seeded MLflow store: run table, progress, cache, loss curves, and the
+bulk SQL reader against MLflow's client API."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import N_FAILED, N_RUNNING, N_RUNS, N_STEPS
 
-from dashboards.data import SWEEP_CACHE, load_sweeps, loss_curves, store_version
+from dashboards import sqlstore
+from dashboards.data import SWEEP_CACHE, downsample_curve, load_sweeps, loss_curves, store_version
 
 
 def test_run_table_from_store(store: dict) -> None:
@@ -69,3 +72,59 @@ def test_loss_curves(store: dict) -> None:
 def test_unknown_experiment(store: dict) -> None:
     with pytest.raises(LookupError):
         load_sweeps(store["uri"], "no-such-experiment")
+
+
+def test_sql_reader_matches_mlflow_client(store: dict) -> None:
+    """The bulk SQL read gives exactly the run table and loss curves that MLflow's client API gives."""
+    sql = load_sweeps(store["uri"], store["experiment"], reader="sql").runs
+    client = load_sweeps(store["uri"], store["experiment"], reader="mlflow").runs
+    a, b = sql.set_index("run_id").sort_index(), client.set_index("run_id").sort_index()
+    assert list(a.columns) == list(b.columns) and list(a.index) == list(b.index)
+    for col in a.columns:
+        same = (a[col] == b[col]) | (a[col].isna() & b[col].isna())
+        assert same.all(), col
+    c_sql = loss_curves(store["uri"], sql, limit=100, reader="sql")
+    c_client = loss_curves(store["uri"], client, limit=100, reader="mlflow", max_points=401)
+    assert set(c_sql) == set(c_client)
+    for rid in c_sql:
+        assert c_sql[rid].equals(c_client[rid]), rid
+    assert (
+        store_version(store["uri"], store["experiment"], reader="sql")[1] == N_RUNS + 2
+    )  # + 2 sweep parents
+
+
+def test_sql_reader_is_read_only(store: dict) -> None:
+    import sqlalchemy
+
+    engine = sqlstore.engine_for(store["uri"])
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="readonly"):
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("DELETE FROM tags"))
+    assert sqlstore.engine_for("http://127.0.0.1:5000") is None
+    with pytest.raises(ValueError):
+        load_sweeps("http://127.0.0.1:5000", "x", reader="sql")
+
+
+def test_downsample_curve() -> None:
+    n = 10_000
+    curve = pd.DataFrame({"step": np.arange(1, n + 1), "value": 3.0 / np.sqrt(np.arange(1, n + 1))})
+    small = downsample_curve(curve, 400)
+    assert len(small) == 400
+    assert small["step"].iloc[0] == 1 and small["step"].iloc[-1] == n
+    assert (np.diff(small["step"]) > 0).all()
+    # log-spaced: the first decade of steps keeps every point; the last decade has < half the points
+    # (evenly spaced rows would put 90% of them there)
+    assert (small["step"] <= 10).sum() == 10 and (small["step"] > n // 10).sum() < 200
+    assert (
+        downsample_curve(curve.head(50), 400) is not None and len(downsample_curve(curve.head(50), 400)) == 50
+    )
+
+
+def test_auto_reader_falls_back_to_the_client_when_the_schema_differs(tmp_path) -> None:
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:  # a SQL database that is not an MLflow store of the expected schema
+        conn.execute("CREATE TABLE runs (run_uuid TEXT)")
+    uri = f"sqlite:///{db}"
+    assert sqlstore.is_sql_uri(uri) and not sqlstore.usable(uri)
