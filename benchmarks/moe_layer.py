@@ -8,7 +8,7 @@ machine hits all of them alike. Ours: ``torch._grouped_mm`` path and the loop-ov
 ``eager`` (its default loop with one-hot masks) and ``grouped_mm`` experts implementations (``batched_mm``
 is left out: it gathers a weight matrix per token-slot, 1 GB and more at these shapes).
 
-    python benchmarks/moe_layer.py [--threads 1] [--reps 15]
+    python benchmarks/moe_layer.py [--threads 1] [--reps 15] [--out benchmarks/results/moe_layer.json]
 
 Writes ``benchmarks/results/moe_layer.json``.
 """
@@ -105,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "moe_layer.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def main() -> None:
                 )
             )
         print(flush=True)
-    out = Path(__file__).parent / "results" / "moe_layer.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(torch=torch.__version__, results=results)
     try:

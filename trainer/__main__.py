@@ -1,6 +1,7 @@
 """``python -m trainer``: dry-run, train, or merge checkpoints.
 
     python -m trainer --config CFG.yaml [--dry-run] [--json] [--workdir DIR] [--set k=v ...] [--no-resume]
+                      [--threads N]
     python -m trainer merge --checkpoints DIR [--shape mean] [--window 8] --out merged.pt
 
 A config error prints one line ``error: field: problem`` and exits with status 2.
@@ -93,10 +94,13 @@ def _train(cfg: RunConfig, args: argparse.Namespace) -> int:
     if tty:
         print(file=sys.stderr)
     summary = result.summary()
-    if args.json:
-        print(json.dumps(summary, default=_json_default))
-    else:
-        _print_table(summary)
+    from trainer.distributed import is_main_process
+
+    if is_main_process():  # under torchrun only rank 0 prints (every rank returns the same result)
+        if args.json:
+            print(json.dumps(summary, default=_json_default))
+        else:
+            _print_table(summary)
     return 0 if result.status == "finished" else 1
 
 
@@ -118,7 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="checkpoint folder (resumes from it)")
     p.add_argument("--set", action="append", default=[], metavar="K=V", help="override, e.g. optim.lr=1e-3")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in --workdir")
+    p.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="torch intra-op CPU threads (default: torch's)"
+    )
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads: must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         cfg = _load_config(args)
         if args.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,11 +118,12 @@ def test_dispatch_matches_per_token_reference(grouped: bool, monkeypatch: pytest
     ref_TD = _naive_moe(moe, x_BTD.reshape(-1, cfg.d_model))
     torch.testing.assert_close(out_BTD.reshape(-1, cfg.d_model), ref_TD, rtol=1e-5, atol=1e-6)
     # gradients through the dispatch equal those of the reference
-    out_BTD.square().sum().backward()
-    g_fast = moe.w_down_EFD.grad.clone()
-    moe.zero_grad()
-    _naive_moe(moe, x_BTD.reshape(-1, cfg.d_model)).square().sum().backward()
-    torch.testing.assert_close(g_fast, moe.w_down_EFD.grad, rtol=1e-4, atol=1e-6)
+    # (all weights and the router: the gate's gradient reaches the router through the gate values)
+    params = [moe.w_gate_EDF, moe.w_up_EDF, moe.w_down_EFD, moe.router.weight_ED, moe.shared.w_gate.weight]
+    g_fast = torch.autograd.grad(out_BTD.square().sum(), params)
+    g_ref = torch.autograd.grad(_naive_moe(moe, x_BTD.reshape(-1, cfg.d_model)).square().sum(), params)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(("D", "F_", "grouped"), [(8, 4, True), (6, 5, False)], ids=["aligned", "unaligned"])
@@ -375,3 +377,104 @@ def test_bf16_autocast_moe() -> None:
     out.loss.backward()
     assert out.metrics["lm_loss"] == pytest.approx(ref, rel=0.01)
     assert all(torch.isfinite(p.grad).all() and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+# ---- hand-written autograd nodes and fused projections (CPU speed work): same math as the plain ops ----
+def test_custom_autograd_nodes_gradcheck() -> None:
+    """Finite differences in float64 against the hand-written backward formulas (a wrong sign, a missing
+    term or a gradient left unset fails here)."""
+    from trainer.model.layers import _RMSNormFn, _RoPEFn, swiglu
+
+    g = torch.Generator().manual_seed(11)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormFn.apply(x, w, 1e-6), (rnd(2, 3, 6), rnd(6)))
+    cos = torch.rand(5, 2, generator=g, dtype=torch.float64)
+    sin = (1 - cos.square()).sqrt()
+    assert torch.autograd.gradcheck(lambda x: _RoPEFn.apply(x, cos, sin), (rnd(1, 2, 5, 6),))
+    assert torch.autograd.gradcheck(lambda x: _RoPEFn.apply(x, cos, sin), (rnd(1, 2, 5, 4),))  # full rope
+    assert torch.autograd.gradcheck(lambda a, b: swiglu(a, b), (rnd(4, 3), rnd(4, 3)))
+    assert torch.autograd.gradcheck(lambda a, b, s: swiglu(a, b, s), (rnd(4, 3), rnd(4, 3), rnd(4)))
+
+
+def test_fused_layers_equal_unfused_math() -> None:
+    """RMSNorm, partial RoPE, fused-QKV attention and SwiGLU against the textbook formulas
+    written with plain torch ops: outputs and all gradients equal within fp32 rounding."""
+    from trainer.model.layers import Attention, RMSNorm, SwiGLU
+
+    torch.manual_seed(12)
+    cfg = tiny_cfg(moe=False)
+    x_BTD = torch.randn(2, cfg.seq_len, cfg.d_model, requires_grad=True)
+
+    def check(fast: torch.Tensor, ref_fn, params: list[torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
+        dy = torch.randn_like(fast)
+        grads = torch.autograd.grad(fast, [x_BTD, *params], dy)
+        ref = ref_fn()
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, torch.autograd.grad(ref, [x_BTD, *params], dy), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    norm = RMSNorm(cfg.d_model)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+    ref_norm = lambda: x_BTD * torch.rsqrt(x_BTD.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight  # noqa: E731
+    check(norm(x_BTD), ref_norm, [norm.weight])
+
+    ffn = SwiGLU(cfg.d_model, cfg.d_ffn)
+    ref_ffn = lambda: ffn.w_down(F.silu(ffn.w_gate(x_BTD)) * ffn.w_up(x_BTD))  # noqa: E731
+    check(ffn(x_BTD), ref_ffn, [ffn.w_gate.weight, ffn.w_up.weight, ffn.w_down.weight])
+
+    attn = Attention(cfg)
+    for p in attn.parameters():
+        with torch.no_grad():
+            p.normal_(1.0 if p.ndim == 1 else 0.0, 0.2 if p.ndim == 1 else 0.1)
+    assert attn._fused_qkv
+    H, K, d, T = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim_, cfg.seq_len
+    r = attn.rope.rope_dims
+
+    def ref_rope(x_BHTd: torch.Tensor) -> torch.Tensor:  # RoFormer eq. 34, rotate_half pairing
+        t_T = torch.arange(T, dtype=torch.float32)
+        ang_Tr = torch.outer(t_T, 1.0 / cfg.rope_theta ** (torch.arange(0, r, 2) / r)).repeat(1, 2)
+        x_rot, x_pass = x_BHTd[..., :r], x_BHTd[..., r:]
+        rot = torch.cat([-x_rot[..., r // 2 :], x_rot[..., : r // 2]], dim=-1)
+        return torch.cat([x_rot * ang_Tr.cos() + rot * ang_Tr.sin(), x_pass], dim=-1)
+
+    def ref_attn() -> torch.Tensor:
+        def heads(lin: torch.nn.Module, n: int, norm_: torch.nn.Module) -> torch.Tensor:
+            h = lin(x_BTD).view(2, T, n, d).transpose(1, 2)
+            return ref_rope(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * norm_.weight)
+
+        q, k = heads(attn.wq, H, attn.q_norm), heads(attn.wk, K, attn.k_norm)
+        v = attn.wv(x_BTD).view(2, T, K, d).transpose(1, 2)
+        k, v = k.repeat_interleave(H // K, 1), v.repeat_interleave(H // K, 1)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+        return attn.wo((s.softmax(-1) @ v).transpose(1, 2).reshape(2, T, H * d))
+
+    check(attn(x_BTD), ref_attn, [attn.wq.weight, attn.wk.weight, attn.wv.weight, attn.q_norm.weight])
+
+
+def test_fp8_layers_keep_separate_projections() -> None:
+    """FP8 linears quantise their own weights: no fused QKV there."""
+    pytest.importorskip("trainer.fp8")
+    from trainer.model.layers import Attention
+
+    cfg = tiny_cfg(moe=False, d_model=32)
+    assert not Attention(cfg, PrecisionConfig(dtype="fp8", fp8_block=16))._fused_qkv
+
+
+def test_cli_threads_flag(tmp_path: Path) -> None:
+    from trainer.__main__ import main
+    from trainer.config import RunConfig
+
+    cfg_path = tmp_path / "tiny.yaml"
+    RunConfig(model=tiny_cfg(moe=True)).to_yaml(cfg_path)
+    before = torch.get_num_threads()
+    try:
+        assert main(["--config", str(cfg_path), "--dry-run", "--json", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["--config", str(cfg_path), "--dry-run", "--threads", "0"]) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,7 @@
 """Dense / MoE decoder of the Ling 2.0 family: ``build_model(model_cfg, precision_cfg, device)``."""
 
-from trainer.model.layers import Attention, PartialRoPE, RMSNorm, SwiGLU, make_linear
-from trainer.model.moe import MoE, Router, expert_matmul
+from trainer.model.layers import Attention, PartialRoPE, RMSNorm, SwiGLU, make_linear, swiglu
+from trainer.model.moe import MoE, Router, expert_matmul, expert_swiglu
 from trainer.model.transformer import Block, ModelOutput, MTPModule, Transformer, build_model
 
 __all__ = [
@@ -17,5 +17,7 @@ __all__ = [
     "Transformer",
     "build_model",
     "expert_matmul",
+    "expert_swiglu",
     "make_linear",
+    "swiglu",
 ]
