@@ -10,13 +10,19 @@ Layout under a run's ``workdir``:
 
 A write goes to a temporary file in the same folder, is fsynced, and is renamed over the target
 (``os.replace`` is atomic on POSIX), then its checksum file is written the same way. A checkpoint whose
-checksum is missing or does not match is treated as corrupt: ``CheckpointManager.load_latest`` warns and
-falls back to the previous one.
+checksum is missing or does not match, that ``torch.load`` cannot read, or that lacks the keys of a
+training state is treated as corrupt: ``CheckpointManager.load_latest`` warns (``warnings`` and the
+``trainer.checkpoint`` logger), records why in ``CheckpointManager.skipped`` and falls back to the previous
+one; when none is left the run starts clean from step 0 with a warning saying so. Temporary files left by a
+write that was killed mid-way are removed before a resume. The checksum covers the bytes on disk only: a
+checkpoint saved from weights that were already non-finite passes it, and the training loop catches those
+as a divergence (non-finite loss on the first step after the resume).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import re
@@ -29,6 +35,9 @@ import numpy as np
 import torch
 
 _STEP_RE = re.compile(r"^step_(\d{8,})\.pt$")
+_TMP_RE = re.compile(r"^\..+\.tmp$")  # _atomic_write_bytes' temp files
+TRAINING_STATE_KEYS = ("step", "model", "optimizer", "rng", "extra")  # what a resume needs
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -173,6 +182,8 @@ class CheckpointManager:
         self.ckpt_dir = self.workdir / "checkpoints"
         self.merge_dir = self.workdir / "merge"
         self.keep_last = max(1, keep_last)
+        self.skipped: list[str] = []  # why checkpoints were passed over (load_latest resets it)
+        self.loaded: Path | None = None  # the checkpoint the last load_latest returned
 
     def path_for(self, step: int, merge: bool = False) -> Path:
         return (self.merge_dir if merge else self.ckpt_dir) / f"step_{step:08d}.pt"
@@ -197,11 +208,68 @@ class CheckpointManager:
             paths = [p for p in paths if step_of(p) in wanted]
         return paths
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """Newest full checkpoint that passes its checksum; corrupt ones are skipped with a warning."""
-        for path in reversed(list_step_files(self.ckpt_dir)):
+    def valid_merge_paths(self, steps: list[int] | None = None) -> list[Path]:
+        """``merge_paths(steps)`` without the ones that fail their checksum (each skipped with a warning and
+        added to ``self.skipped``): the WSM merge then averages the checkpoints that are intact."""
+        out = []
+        for path in self.merge_paths(steps):
             try:
-                return load_checkpoint(path, map_location=map_location)
+                verify_checkpoint(path)
             except CheckpointError as err:
-                warnings.warn(f"skipping corrupt checkpoint: {err}", stacklevel=2)
+                self._warn(f"leaving corrupt merge checkpoint out of the WSM merge: {err}")
+                self.skipped.append(str(err))
+                continue
+            out.append(path)
+        return out
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files of writes that never finished (the writer was killed before its rename).
+
+        Only safe while no writer is active on this workdir, i.e. before a run (re)starts."""
+        removed = []
+        for folder in (self.ckpt_dir, self.merge_dir, self.workdir):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if _TMP_RE.match(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """Newest full checkpoint that passes its checksum, loads, and holds a whole training state.
+
+        Corrupt ones (truncated, bit-flipped, checksum missing, not a training state) are skipped with a
+        warning and listed in ``self.skipped``; ``None`` (with a warning if any checkpoint existed) when no
+        valid one is left, so the run starts clean. ``self.loaded`` is the path that was loaded, if any.
+        """
+        self.skipped = []
+        self.loaded = None
+        for tmp in self.remove_stale_temp_files():
+            log.warning("removed temp file of an interrupted checkpoint write: %s", tmp)
+        paths = list_step_files(self.ckpt_dir)
+        for path in reversed(paths):
+            try:
+                state = load_checkpoint(path, map_location=map_location)
+                missing = (
+                    [k for k in TRAINING_STATE_KEYS if k not in state]
+                    if isinstance(state, dict)
+                    else list(TRAINING_STATE_KEYS)
+                )
+                if missing:
+                    raise CheckpointError(f"{path}: not a training state (missing {', '.join(missing)})")
+            except CheckpointError as err:
+                self._warn(f"skipping corrupt checkpoint: {err}")
+                self.skipped.append(str(err))
+                continue
+            self.loaded = path
+            return state
+        if paths:
+            msg = f"no valid checkpoint left in {self.ckpt_dir} ({len(paths)} corrupt): starting from step 0"
+            self._warn(msg)
+            self.skipped.append(msg)
         return None
+
+    def _warn(self, msg: str) -> None:
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)

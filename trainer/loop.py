@@ -12,7 +12,8 @@ One optimizer step ``t`` (0-based; ``step = t + 1`` updates are complete after i
    parameter with ndim < 2 and every ``nn.Embedding`` weight is in the no-decay group; the untied output head
    is decayed), then ``model.update_expert_bias()`` (aux-loss-free balancing from the loads of this step).
 4. Divergence: a non-finite loss, or (after warmup) a training loss above ``diverge_factor`` × the best
-   training loss so far, stops the run with status ``"diverged"``.
+   training loss so far, stops the run with status ``"diverged"``; so does a non-finite final validation
+   loss (weights that went NaN in the last update, or a resume from a checkpoint of NaN weights).
 
 Every ``eval_interval`` steps and at the end the validation loss (LM cross-entropy, mean over
 ``eval_batches`` fixed batches) is computed and, when a ``workdir`` is given, a full checkpoint is saved
@@ -20,6 +21,10 @@ Every ``eval_interval`` steps and at the end the validation loss (LM cross-entro
 ``trainer.schedule.merge_checkpoint_steps`` and the run's ``val_loss`` is that of the merged model
 θ̂ = Σ c_j θ_{n+j} (``val_loss_unmerged`` is the final model's). ``resume=True`` restarts from the newest
 valid checkpoint in ``workdir``; the loss curve equals an uninterrupted run's (bit-identical on the CPU).
+
+Under ``torchrun`` (several processes) the same loop runs data parallel, and expert parallel when
+``parallel.ep > 1``: each rank trains its shard of the same global batch, gradients are averaged, expert
+loads summed, only rank 0 reports and writes files (``trainer.distributed``, docs/PARALLEL.md).
 
 The trainer never imports ray or mlflow.
 """
@@ -44,13 +49,12 @@ from torch import nn
 
 from trainer.checkpoint import (
     CheckpointManager,
-    restore_training_state,
     save_checkpoint,
     step_of,
-    training_state,
 )
 from trainer.config import RunConfig
 from trainer.data import TokenData, prepare_data
+from trainer.distributed import init_parallel
 from trainer.flops import count_params, flops_per_token
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
@@ -78,6 +82,7 @@ class TrainResult:
     merged_steps: list[int] = field(default_factory=list)
     resumed_from: int | None = None
     error: str | None = None
+    checkpoint_warnings: list[str] = field(default_factory=list)  # corrupt checkpoints skipped, and why
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -181,6 +186,10 @@ def train(
     t_start = time.perf_counter()
     cfg = run_cfg
     device = resolve_device(cfg.device)
+    par = init_parallel(cfg, device)  # torchrun: process groups of the layout; one process: a no-op
+    device = par.device
+    if not par.is_main:  # only rank 0 reports; every rank trains, evaluates its shard and returns the result
+        report = None
     seed_everything(cfg.seed)
 
     artifacts = prepare_data(cfg)
@@ -188,17 +197,20 @@ def train(
 
     model = build_model(cfg.model, cfg.precision, device=device)
     model.train()
+    model = par.wrap_model(model, cfg)  # expert parallel: this rank keeps its experts
     opt = cfg.optim
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule.from_config(cfg)
     total_steps = cfg.steps
-    micro = opt.micro_batch_size or opt.batch_size
-    n_micro = opt.batch_size // micro
+    global_micro = opt.micro_batch_size or opt.batch_size
+    n_micro = opt.batch_size // global_micro
+    micro = par.local_micro(global_micro)  # sequences per forward on this rank
+    rows = par.batch_rows(opt.batch_size, global_micro)  # this rank's rows of each global batch (None: all)
     is_moe = cfg.model.moe is not None
     wsm = cfg.schedule.kind == "wsm"
     interval = checkpoint_interval(total_steps, cfg.schedule.merge_window, cfg.schedule.checkpoint_interval)
     merge_steps = merge_checkpoint_steps(total_steps, cfg.schedule.merge_window, interval) if wsm else []
-    val_batches = data.val_batches(cfg.eval_batches, micro)
+    val_batches = par.shard_batches(data.val_batches(cfg.eval_batches, global_micro))
     counts = count_params(cfg.model)
 
     tmp = tempfile.TemporaryDirectory(prefix="wt-run-") if workdir is None else None
@@ -220,7 +232,8 @@ def train(
     step, best_loss = 0, math.inf
     recent: list[float] = []
     if resume and save_full:
-        state = ckpt.load_latest(map_location="cpu")  # RNG states must stay CPU tensors
+        # RNG states must stay CPU tensors; rank 0 reads, every rank gets it (no shared disk needed)
+        state = par.broadcast_object(ckpt.load_latest(map_location="cpu") if par.is_main else None)
         if state is not None:
             extra = state["extra"]
             if extra.get("config_hash") != result.config_hash:
@@ -228,7 +241,7 @@ def train(
                     f"{ckpt.ckpt_dir}: checkpoint belongs to config {extra.get('config_hash')}, "
                     f"not {result.config_hash}; use another workdir or resume=False"
                 )
-            step = restore_training_state(state, model, optimizer)
+            step = par.restore_training_state(state, model, optimizer)
             best_loss = extra["best_loss"]
             recent = list(extra["recent"])
             result.history = [(s, dict(m)) for s, m in extra["history"]]
@@ -247,7 +260,9 @@ def train(
             "history": result.history,
             "schedule": asdict(schedule),
         }
-        ckpt.save(s, training_state(model, optimizer, s, extra))
+        state = par.training_state(model, optimizer, s, extra)  # experts gathered: a collective
+        if par.is_main:
+            ckpt.save(s, state)
 
     last_val: float | None = None
     try:
@@ -256,7 +271,7 @@ def train(
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x_BT, y_BT = data.batch(step, opt.batch_size)
+            x_BT, y_BT = data.batch(step, opt.batch_size, rows=rows)
             x_BT, y_BT = x_BT.to(device, non_blocking=True), y_BT.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             mon = cfg.precision.monitor_interval
@@ -273,14 +288,16 @@ def train(
                 loss_sum += float(out.loss.detach())
                 out_metrics = out.metrics
             loss = lm_sum / n_micro
+            loss, loss_sum = par.mean(loss, loss_sum)  # the global batch's loss on every rank
             if not (math.isfinite(loss) and math.isfinite(loss_sum)):
                 result.status = "diverged"
                 result.error = f"non-finite loss at step {step + 1}"
                 emit(step + 1, {"loss": loss, "lr": lr})
                 break
             max_norm = opt.grad_clip if opt.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            grad_norm = par.clip_grad_norm_(model, max_norm)  # averages gradients over dp ranks first
             optimizer.step()
+            par.sync_expert_loads(model)  # global expert loads: identical bias updates on every rank
             model.update_expert_bias()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -312,10 +329,12 @@ def train(
                 emit(step, metrics)
                 break
             if wsm and step in merge_steps:
-                ckpt.save_merge(step, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                merge_state = par.full_model_state(model)
+                if par.is_main:
+                    ckpt.save_merge(step, merge_state)
             do_eval = step % cfg.eval_interval == 0 or step == total_steps
             if do_eval:
-                last_val = evaluate(model, val_batches, device, cfg.precision.dtype)
+                (last_val,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
                 metrics["val_loss"] = last_val
             if metrics:
                 result.history.append((step, metrics))
@@ -333,23 +352,31 @@ def train(
     result.final_loss = float(np.mean(recent)) if recent else math.nan
     if result.status == "finished":
         if last_val is None:  # resumed from a finished run's last checkpoint
-            last_val = evaluate(model, val_batches, device, cfg.precision.dtype)
+            (last_val,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
         result.val_loss = result.val_loss_unmerged = last_val
         if wsm:
-            paths = ckpt.merge_paths(merge_steps)
-            if paths:
-                shape, ema = cfg.schedule.merge_shape, cfg.schedule.ema_decay
-                merged, weights = merge_checkpoint_files(paths, shape, ema)
-                model.load_state_dict(merged)
-                result.val_loss = evaluate(model, val_batches, device, cfg.precision.dtype)
-                result.merged_steps = [step_of(p) for p in paths]
-                if save_full:
+            # a corrupt merge checkpoint is left out, warned; rank 0 holds the files and merges
+            paths = ckpt.valid_merge_paths(merge_steps) if par.is_main else []
+            shape, ema = cfg.schedule.merge_shape, cfg.schedule.ema_decay
+            merge = merge_checkpoint_files(paths, shape, ema) if paths else None
+            merge, merged_steps = par.broadcast_object((merge, [step_of(p) for p in paths]))
+            if merge is not None:
+                merged, weights = merge
+                par.load_full_model_state(model, merged)
+                (result.val_loss,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
+                result.merged_steps = merged_steps
+                if save_full and par.is_main:
                     save_checkpoint(
                         ckpt.workdir / "merged.pt",
                         {"model": merged, "merged_steps": result.merged_steps, "merge_weights": weights},
                     )
                 emit(step, {"val_loss": result.val_loss, "val_loss_unmerged": result.val_loss_unmerged})
+    if result.status == "finished" and not math.isfinite(result.val_loss):  # e.g. NaN weights at the end
+        result.status = "diverged"
+        result.error = f"non-finite validation loss ({result.val_loss}) after step {step}"
+    result.checkpoint_warnings = list(ckpt.skipped)
     result.wall_s = time.perf_counter() - t_start
     if tmp is not None:
         tmp.cleanup()
+    par.close()
     return result

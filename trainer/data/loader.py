@@ -107,9 +107,13 @@ class TokenData:
         rng = np.random.default_rng([self.seed, step])
         return rng.integers(0, len(self._train_N) - self.seq_len, size=batch_size, dtype=np.int64)
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_BT, y_BT) for training step ``step``; y_BT is x_BT shifted left by one token."""
-        return self._windows(self._train_N, self.batch_starts(step, batch_size))
+    def batch(
+        self, step: int, batch_size: int, rows: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_BT, y_BT) for training step ``step``; y_BT is x_BT shifted left by one token. ``rows`` selects
+        rows of that global batch (a data-parallel rank's shard): only those windows are read."""
+        starts_B = self.batch_starts(step, batch_size)
+        return self._windows(self._train_N, starts_B if rows is None else starts_B[rows])
 
     def val_batches(self, n_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fixed validation batches: evenly spaced windows, non-overlapping when the split allows."""
