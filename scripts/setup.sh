@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install windtunnel with everything it needs, from nothing.
 # torch is pinned first: the CPU wheel lies on this machine's disk; an unpinned torch pulls a CUDA build.
-# With --test, also the dev extra and Debian's chromium + chromedriver for the dashboard's browser tests.
+# With --test, also the dev extra and the Debian packages the tests drive (chromium + chromedriver, PostgreSQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,12 +14,18 @@ fi
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".${extras}"
-if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = "0" ]; then
-    echo "setup: installing Debian chromium + chromedriver for the browser tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-  else
-    echo "setup: chromium not found and not root: the dashboard's browser tests will skip"
+# Debian packages the tests drive for real: chromium (dashboard browser tests), PostgreSQL (tracking server tests)
+if [ -n "$extras" ]; then
+  pkgs=""
+  command -v chromium >/dev/null 2>&1 || pkgs="$pkgs chromium chromium-driver"
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs="$pkgs postgresql"
+  if [ -n "$pkgs" ]; then
+    if [ "$(id -u)" = "0" ]; then
+      echo "setup: installing Debian packages for the tests:$pkgs"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+    else
+      echo "setup: missing$pkgs and not root: the tests that need them will skip"
+    fi
   fi
 fi
 echo "setup: $(python -c 'import torch, ray, mlflow, optuna, triton; print("torch", torch.__version__, "ray", ray.__version__, "mlflow", mlflow.__version__, "optuna", optuna.__version__, "triton", triton.__version__)')"
