@@ -8,6 +8,14 @@ Measures, in one run:
   trial's metric stream into the same store: its time vs our batched time for the same values.
 
     python benchmarks/orchestrator.py [--trials 64] [--trial-seconds 20] [--concurrency 2]
+
+With ``--groups G``: search groups run concurrently in one Tuner (this driver) against one Tuner per group,
+one group after another (session 1's driver, reproduced by running each group as its own sweep in the same
+Ray session). G budgets x ``--samples`` LR grid points each (a fixed grid, so both modes run the same trials;
+budgets spaced x``--budget-ratio`` so the groups' trials differ in length as in a real sweep), both modes in
+one run; writes ``results/orchestrator_groups.json``:
+
+    python benchmarks/orchestrator.py --groups 4 --samples 3 --trial-seconds 6
 """
 
 from __future__ import annotations
@@ -80,13 +88,110 @@ def per_value_logging(uri: str, exp_id: str, source_run_id: str) -> tuple[float,
     return time.perf_counter() - t0, len(history)
 
 
+def _group_spec(name: str, work: Path, tokens: int, budgets: list[float], samples: int, conc: int) -> dict:
+    from trainer.flops import flops_per_token
+
+    m = flops_per_token(RunConfig.from_dict(BASE).model)
+    return {
+        "name": name,
+        "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        "workdir": str(work / "runs"),
+        "base": BASE,
+        "concurrency": conc,
+        "retries": 0,
+        "min_runs_to_fit": 10_000,
+        "studies": [
+            {
+                "name": "lr",
+                "search": {
+                    "budgets": [b * m * tokens for b in budgets],
+                    "lr": {"low": 1e-3, "high": 1e-2},
+                    "lr_grid": samples,
+                    "num_samples": samples,
+                    "scheduler": "none",
+                },
+            }
+        ],
+    }
+
+
+def _train_seconds(uri: str, sweeps: list[str]) -> float:
+    from mlflow import MlflowClient
+
+    from windtunnel.orchestrator.tracking import trial_runs
+
+    client = MlflowClient(uri)
+    total = 0.0
+    for name in sweeps:
+        exp_id = client.get_experiment_by_name(name).experiment_id
+        total += sum(r.data.metrics.get("wt.train_wall_s", 0.0) for r in trial_runs(client, exp_id).values())
+    return total
+
+
+def groups_benchmark(args: argparse.Namespace) -> None:
+    """Concurrent search groups (one Tuner) vs one Tuner per group in sequence; see the module docstring."""
+    import ray
+
+    tokens, tps = calibrate(args.trial_seconds)
+    work = Path(tempfile.mkdtemp(prefix="wt_bench_groups_"))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    budgets = [args.budget_ratio**i for i in range(args.groups)]  # x tokens of the calibrated trial
+    result: dict = {"groups": args.groups, "samples": args.samples, "concurrency": args.concurrency}
+    result["tokens_per_unit_trial"] = tokens
+    result["calibrated_tokens_per_s"] = tps
+    order = ["sequential", "concurrent"] if args.first == "sequential" else ["concurrent", "sequential"]
+    for mode in order:
+        t0 = time.perf_counter()
+        if mode == "concurrent":
+            spec = parse_spec(_group_spec("g_all", work, tokens, budgets, args.samples, args.concurrency))
+            run_sweep(spec, expand(spec), show_progress=False)
+            names = ["g_all"]
+        else:
+            names = []
+            for i, b in enumerate(budgets):  # session 1's driver: one Tuner per group, in sequence
+                spec = parse_spec(_group_spec(f"g_seq{i}", work, tokens, [b], args.samples, args.concurrency))
+                run_sweep(spec, expand(spec), show_progress=False)
+                names.append(f"g_seq{i}")
+        wall = time.perf_counter() - t0
+        train_s = _train_seconds(uri, names)
+        result[mode] = {
+            "wall_s": wall,
+            "sum_trial_train_s": train_s,
+            "ideal_s": train_s / args.concurrency,
+            "slot_utilisation_pct": 100 * train_s / (args.concurrency * wall),
+            "load_avg_1m_at_end": os.getloadavg()[0],
+        }
+    ray.shutdown()
+    result["sequential_over_concurrent_wall"] = (
+        result["sequential"]["wall_s"] / result["concurrent"]["wall_s"]
+    )
+    print(f"{'mode':<12} {'wall s':>8} {'sum trial s':>12} {'ideal s':>8} {'slot use %':>10} {'load':>5}")
+    for mode in ("sequential", "concurrent"):
+        r = result[mode]
+        print(
+            f"{mode:<12} {r['wall_s']:>8.1f} {r['sum_trial_train_s']:>12.1f} {r['ideal_s']:>8.1f} "
+            f"{r['slot_utilisation_pct']:>10.1f} {r['load_avg_1m_at_end']:>5.1f}"
+        )
+    print(f"sequential / concurrent wall time: {result['sequential_over_concurrent_wall']:.2f}x")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "orchestrator_groups.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {RESULTS / 'orchestrator_groups.json'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--trial-seconds", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--groups", type=int, default=0, help="compare concurrent vs sequential search groups")
+    ap.add_argument("--samples", type=int, default=3, help="--groups: trials per group (LR grid points)")
+    ap.add_argument("--budget-ratio", type=float, default=1.5, help="--groups: budget ratio between groups")
+    ap.add_argument("--first", choices=["sequential", "concurrent"], default="sequential")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.groups:
+        groups_benchmark(args)
+        return
     tokens, tps = calibrate(args.trial_seconds)
     work = Path(tempfile.mkdtemp(prefix="wt_bench_orch_"))
     uri = f"sqlite:///{work / 'mlflow.db'}"

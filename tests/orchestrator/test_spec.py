@@ -283,3 +283,47 @@ def test_grid_over_seed_replaces_the_seed_list() -> None:
     d["seeds"] = [7]
     plan = expand(parse_spec(d))
     assert sorted(t.run_cfg.seed for t in plan.trials) == [0, 1, 2, 3]
+
+
+def test_search_lr_grid_and_one_model_per_budget() -> None:
+    d = json.loads(json.dumps(BASE))
+    search = {
+        "budgets": [3e9, 1e10],
+        "lr": {"low": 1e-3, "high": 1.6e-2},
+        "lr_grid": 5,
+        "num_samples": 6,
+        "models": [
+            {"d_model": 32, "n_layers": 1},
+            {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4},
+        ],
+    }
+    d["studies"] = [{"name": "s", "search": search}]
+    plan = expand(parse_spec(d))
+    assert [g.search.lr_grid_values() for g in plan.searches][0] == [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    assert [g.base_cfg.model.d_model for g in plan.searches] == [32, 64]
+    for g in plan.searches:  # tokens = C / M of the budget's own model
+        assert g.base_cfg.optim.tokens == int(g.budget / flops_per_token(g.base_cfg.model))
+    bad = [
+        ({**search, "lr_grid": 7}, "studies[0].search.lr_grid: 7 grid points > num_samples (6)"),
+        ({**search, "models": search["models"][:1]}, "studies[0].search.models: give one model per budget"),
+        (
+            {"budgets": [1e9], "batch_size": [4, 8], "lr_grid": 2},
+            "studies[0].search.lr_grid: needs an lr range",
+        ),
+        ({**search, "models": [{"d_model": 32}, {"d_modl": 64}]}, "studies[0].search.models: unknown field"),
+    ]
+    for s, expected in bad:
+        d["studies"] = [{"name": "s", "search": s}]
+        assert _err(_yaml(d)).startswith(expected), (_err(_yaml(d)), expected)
+
+
+@pytest.mark.parametrize(
+    "name", ["hparam_law_cpu", "isoflop_cpu", "efficiency_leverage_cpu", "ling_windtunnel_cpu"]
+)
+def test_cpu_sweeps_dry_run(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CPU-sized sweeps validate and list their trials through the CLI, within ~15 min of work on 2 cores:
+    at most 12M training tokens (~11k tokens/s per 1-thread slot x 2 slots x 15 min, before pruning)."""
+    assert cli_main(["run", str(ROOT / "experiments" / f"{name}.yaml"), "--dry-run"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    n_trials, tokens = int(last.split()[0]), int(last.split(", ")[1].split()[0].replace(",", ""))
+    assert n_trials >= 5 and tokens <= 12_000_000, last

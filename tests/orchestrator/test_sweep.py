@@ -21,7 +21,7 @@ from trainer.config import RunConfig
 from trainer.flops import count_params, flops_per_token
 from windtunnel.orchestrator.tracking import effective_status, runs_from_mlflow, trial_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SPEC = {
     "name": "micro",

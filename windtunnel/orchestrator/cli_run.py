@@ -38,12 +38,23 @@ def plan_lines(plan: Plan) -> list[str]:
             f"{t.study:<16} {t.kind:<7} {t.config_hash:<16} {c.model.family:<6} {p:>9,d} "
             f"{c.optim.tokens:>10,d} {c.optim.lr:>9.3g} {c.optim.batch_size:>5d}"
         )
+    tokens = sum(t.run_cfg.optim.tokens for t in plan.trials)
     for g in plan.searches:
-        lines.append(
-            f"{g.study:<16} search  {g.search.num_samples} TPE samples at C={g.budget:.3g} "
-            f"({g.base_cfg.model.family}, tokens {g.base_cfg.optim.tokens:,d}, seed {g.seed})"
+        c = g.base_cfg
+        p = count_params(c.model).active_nonembed
+        n_grid = g.search.lr_grid
+        how = (
+            "TPE"
+            if not n_grid
+            else f"{n_grid} grid LRs" + (", then TPE" if n_grid < g.search.num_samples else "")
         )
-    lines.append(f"{plan.n_trials} trials")
+        lines.append(
+            f"{g.study:<16} search  {g.search.num_samples} samples ({how}) at C={g.budget:.3g}: "
+            f"{c.model.family} d_model {c.model.d_model} x {c.model.n_layers}, {p:,d} params, "
+            f"tokens {c.optim.tokens:,d}, seed {g.seed}"
+        )
+        tokens += g.search.num_samples * c.optim.tokens
+    lines.append(f"{plan.n_trials} trials, {tokens:,d} training tokens in all (before pruning)")
     return lines
 
 

@@ -42,14 +42,13 @@ def sweep_status(client: Any, exp: Any) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
     from windtunnel.orchestrator.driver import resolve_tracking_uri
+    from windtunnel.orchestrator.tracking import open_client
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(f"--tracking-uri: no tracking store at {uri.removeprefix('sqlite:///')}")
-    client = MlflowClient(uri)
+    client = open_client(uri)
     if args.sweep:
         exp = client.get_experiment_by_name(args.sweep)
         if exp is None:

@@ -9,8 +9,12 @@ Resume and idempotence (trial identity = ``RunConfig.config_hash()``):
   (so TPE conditions on them and they are not re-run), unfinished sampled points join the fixed trials
   (resumed from checkpoints), and only ``num_samples - already sampled`` new points are drawn.
 
-One Tuner runs the fixed trials, then one Tuner per search group, all on one Ray session
-(``reuse_actors=True``, ``max_concurrent_trials = concurrency``, ``FailureConfig(max_failures=retries)``).
+One Tuner runs every trial of the sweep, fixed trials and all search groups together (``groups.py``:
+``GroupedSearcher`` hands out the source with the most work left, each group first runs its ``lr_grid``
+points, then TPE; ``GroupedScheduler`` prunes each group with its own ASHA/median rule), on one Ray session
+(``reuse_actors=True``, ``max_concurrent_trials = concurrency``, ``FailureConfig(max_failures=retries)``:
+a trial that raises is re-run up to ``retries`` times, its child run's ``attempts`` tag counting the runs;
+a diverged run returns normally and is never retried).
 
 On a multi-node cluster (``--address auto|ray://...``) trials write to the tracking store and their workdirs
 themselves: use a tracking server (``--tracking-uri http://...``) and a ``workdir`` on shared storage.
@@ -19,6 +23,7 @@ themselves: use a tracking server (``--tracking-uri http://...``) and a ``workdi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -84,6 +89,31 @@ def _prepare_data(configs: list[RunConfig]) -> str:
     return ",".join(sorted(set(seen.values())))
 
 
+@dataclass
+class SearchPlan:
+    """A search group's state at launch: trials left to draw, done points (replayed to TPE) and the LR grid
+    points not yet tried."""
+
+    group: SearchGroup
+    remaining: int
+    points: list[dict[str, Any]]
+    rewards: list[float]
+    grid: list[dict[str, Any]]
+
+
+def _grid_points(group: SearchGroup) -> list[dict[str, Any]]:
+    """``lr_grid`` points; with a batch search too, at the base batch size (or the middle choice)."""
+    lrs = group.search.lr_grid_values()
+    if not lrs:
+        return []
+    extra: dict[str, Any] = {}
+    choices = group.search.batch_size
+    if choices:
+        b = group.base_cfg.optim.batch_size
+        extra["batch_size"] = b if b in choices else choices[len(choices) // 2]
+    return [{"lr": lr, **extra} for lr in lrs]
+
+
 def _search_space(group: SearchGroup) -> dict[str, Any]:
     import optuna
 
@@ -123,13 +153,13 @@ def run_sweep(
     log_flush_s: float = 10.0,
 ) -> SweepOutcome:
     """Run (or resume) a sweep. See the module docstring for the resume rules."""
-    from mlflow import MlflowClient
 
     from windtunnel.orchestrator.tracking import (
         DONE_STATUSES,
         effective_status,
         ensure_experiment,
         ensure_parent_run,
+        open_client,
         trial_runs,
         with_retry,
     )
@@ -138,7 +168,7 @@ def run_sweep(
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     sweep_dir = (Path(spec.workdir) / spec.name).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
+    client = open_client(uri)
     exp_id = ensure_experiment(client, spec.name)
     parent_id = ensure_parent_run(
         client,
@@ -160,10 +190,11 @@ def run_sweep(
             done_counts[st] = done_counts.get(st, 0) + 1
         else:
             fixed.append(_item(t.run_cfg, t.study, t.kind, t.budget))
-    searches: list[tuple[SearchGroup, int, list[dict], list[float]]] = []
+    searches: list[SearchPlan] = []
     for g in plan.searches:
         runs = [r for r in existing.values() if r.data.tags.get("search_group") == g.key]
         points, rewards = [], []
+        tried = [float(r.data.params["optim.lr"]) for r in runs if "optim.lr" in r.data.params]
         for r in runs:
             status = effective_status(r)
             point = {}
@@ -191,8 +222,9 @@ def run_sweep(
                     )
                 fixed.append(_item(cfg, g.study, "search", g.budget, g.key))
         remaining = max(0, g.search.num_samples - len(runs))
-        searches.append((g, remaining, points, rewards))
-    n_launch = len(fixed) + sum(s[1] for s in searches)
+        grid = [p for p in _grid_points(g) if not any(math.isclose(p["lr"], x, rel_tol=1e-6) for x in tried)]
+        searches.append(SearchPlan(g, remaining, points, rewards, grid[:remaining]))
+    n_launch = len(fixed) + sum(s.remaining for s in searches)
     n_skipped = sum(done_counts.values())
     ctx = {
         "tracking_uri": uri,
@@ -207,7 +239,7 @@ def run_sweep(
 
     progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(done_counts))
     if n_launch:
-        all_cfgs = [RunConfig.from_dict(i["run_cfg"]) for i in fixed] + [g.base_cfg for g, *_ in searches]
+        all_cfgs = [RunConfig.from_dict(i["run_cfg"]) for i in fixed] + [s.group.base_cfg for s in searches]
         ctx["manifest_hash"] = _prepare_data(all_cfgs)
         _run_tuners(spec, ctx, fixed, searches, address, sweep_dir, progress, show_progress, make_callback)
     with_retry(client.set_tag, parent_id, "status", "finished")
@@ -228,7 +260,7 @@ def _run_tuners(
     spec: SweepSpec,
     ctx: dict[str, Any],
     fixed: list[dict[str, Any]],
-    searches: list[tuple[SearchGroup, int, list[dict], list[float]]],
+    searches: list[SearchPlan],
     address: str | None,
     sweep_dir: Path,
     progress: Any,
@@ -239,17 +271,20 @@ def _run_tuners(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Ctrl-C raises KeyboardInterrupt and ends the whole sweep (Tune's own handler would only end the
-    # current Tuner and go on to the next); unfinished trials resume on the next run
+    # Ctrl-C raises KeyboardInterrupt and ends the whole sweep; unfinished trials resume on the next run
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import optuna
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+
+    from windtunnel.orchestrator.groups import (
+        GroupedScheduler,
+        GroupedSearcher,
+        GroupSource,
+        grouped_trainable,
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    from windtunnel.orchestrator.trial import ray_trainable
 
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
@@ -262,6 +297,26 @@ def _run_tuners(
         else:
             ray.init(**kwargs)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    active = [s for s in searches if s.remaining > 0]
+    sources, schedulers, group_items = [], {}, []
+    for gi, sp in enumerate(active):
+        g = sp.group
+        group_items.append(_item(g.base_cfg, g.study, "search", g.budget, g.key))
+        sources.append(
+            GroupSource(
+                key=g.key,
+                searcher=_optuna_searcher(sp),
+                grid=list(sp.grid),
+                remaining=sp.remaining,
+                cost=_cost(g.base_cfg),
+            )
+        )
+        schedulers[gi] = _scheduler(g)
+    n_total = len(fixed) + sum(sp.remaining for sp in active)
+    if n_total == 0:
+        return
+    scheduler = GroupedScheduler(schedulers)
+    searcher = GroupedSearcher([_cost(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
     live = None
     if show_progress:
         from rich.live import Live
@@ -269,58 +324,66 @@ def _run_tuners(
         live = Live(progress.table(), refresh_per_second=2, transient=False)
         live.start()
     try:
-        if fixed:
-            trainable = tune.with_resources(
-                tune.with_parameters(ray_trainable, ctx=ctx, items=fixed), resources
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"idx": tune.grid_search(list(range(len(fixed))))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.concurrency, reuse_actors=True),
-                run_config=_run_config(spec, sweep_dir, "fixed", [make_callback(progress, live)]),
-            )
-            tuner.fit()
-        for group, remaining, points, rewards in searches:
-            if remaining <= 0:
-                continue
-            item = _item(group.base_cfg, group.study, "search", group.budget, group.key)
-            trainable = tune.with_resources(
-                tune.with_parameters(ray_trainable, ctx=ctx, items=[item]), resources
-            )
-            # a re-run replays done points; a fresh seed keeps TPE's random start-up draws from repeating them
-            n_existing = group.search.num_samples - remaining
-            scheduler = _scheduler(group)
-            searcher = OptunaSearch(
-                space=_search_space(group),
+        trainable = tune.with_resources(
+            tune.with_parameters(grouped_trainable, ctx=ctx, fixed=fixed, groups=group_items), resources
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
                 metric="val_loss",
                 mode="min",
-                points_to_evaluate=points or None,
-                evaluated_rewards=rewards or None,
-                seed=group.search.seed + 7919 * n_existing,
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    metric="val_loss",
-                    mode="min",
-                    num_samples=remaining,
-                    max_concurrent_trials=spec.concurrency,
-                    reuse_actors=True,
-                ),
-                run_config=_run_config(
-                    spec,
-                    sweep_dir,
-                    group.key.replace("@", "_").replace("#", "_"),
-                    [make_callback(progress, live, scheduler, ctx["tracking_uri"])],
-                ),
-            )
-            tuner.fit()
+                num_samples=n_total,
+                max_concurrent_trials=spec.concurrency,
+                reuse_actors=True,
+            ),
+            run_config=_run_config(
+                spec, sweep_dir, "sweep", [make_callback(progress, live, scheduler, ctx["tracking_uri"])]
+            ),
+        )
+        tuner.fit()
     finally:
         if live is not None:
             live.update(progress.table())
             live.stop()
+
+
+def _cost(cfg: RunConfig) -> float:
+    """A trial's cost for longest-work-first ordering: training FLOPs with the output layer,
+    D * (M + 6 * d_model * vocab). M alone leaves out the head, which dominates tiny models: an IsoFLOP
+    profile's smallest model has the most tokens and is the slowest trial at its budget."""
+    from trainer.flops import flops_per_token
+
+    head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
+    return (float(flops_per_token(cfg.model)) + head) * float(cfg.optim.tokens)
+
+
+def _optuna_searcher(sp: SearchPlan) -> Any:
+    """The group's TPE (``OptunaSearch``), with its done points replayed as evaluated.
+
+    TPE's start-up phase (random draws before the model is used; Optuna's default is 10 trials, more than
+    a small search has) is the LR grid when there is one, else half the samples (at most 10).
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    g = sp.group
+    n_existing = g.search.num_samples - sp.remaining
+    n_startup = g.search.lr_grid or min(10, max(1, g.search.num_samples // 2))
+    sampler = optuna.samplers.TPESampler(
+        # a re-run replays done points; a fresh seed keeps the random start-up draws from repeating them
+        seed=g.search.seed + 7919 * n_existing,
+        n_startup_trials=n_startup,
+    )
+    return OptunaSearch(
+        space=_search_space(g),
+        metric="val_loss",
+        mode="min",
+        points_to_evaluate=sp.points or None,
+        evaluated_rewards=sp.rewards or None,
+        sampler=sampler,
+    )
 
 
 def _run_config(spec: SweepSpec, sweep_dir: Path, name: str, callbacks: list[Any]) -> Any:

@@ -4,7 +4,8 @@
 - ladder: D = C / M per (budget, size), M = ``trainer.flops.flops_per_token`` (C = M * D); or, with
   ``tokens: law``, C from inverting M_opt = a * C^b and D = C / M, LR = a * C^b and batch = a * C^b from the
   lr_opt / batch_opt laws (Ling "Towards Greater Leverage" sec. 3; the built-in ``ling`` law set);
-- search: one ``SearchGroup`` per (study, budget, seed), tokens = C / M.
+- search: one ``SearchGroup`` per (study, budget, seed), tokens = C / M (M of the budget's model when the
+  search lists one model per budget).
 Trials are deduplicated by ``RunConfig.config_hash()``.
 """
 
@@ -171,8 +172,15 @@ def expand(spec: SweepSpec) -> Plan:
         base = _apply(base0, study.overrides, f"{where}.overrides") if study.overrides else base0
         seeds = study.seeds or spec.seeds
         if study.search is not None:
-            for c in study.search.budgets:
-                cfg = _tokens_for_budget(base, c, f"{where}.search.budgets")
+            for i, c in enumerate(study.search.budgets):
+                sized = base
+                if study.search.models is not None:
+                    shape = study.search.models[i]
+                    if not isinstance(shape, dict) or not shape:
+                        raise SpecError(f"{where}.search.models[{i}]: must be a non-empty mapping of fields")
+                    over = {f"model.{k}": v for k, v in _flatten(shape).items()}
+                    sized = _apply(base, over, f"{where}.search.models[{i}]")
+                cfg = _tokens_for_budget(sized, c, f"{where}.search.budgets[{i}]")
                 for seed in seeds:
                     searches.append(
                         SearchGroup(study.name, c, _apply(cfg, {"seed": seed}, where), study.search, seed)

@@ -64,6 +64,18 @@ class SearchStudy(_Strict):
         None, min_length=1, description="batch sizes (sequences) to choose from"
     )
     num_samples: int = Field(8, ge=1, description="trials per budget")
+    lr_grid: int = Field(
+        0,
+        ge=0,
+        description="first run this many log-spaced LRs spanning lr.low..lr.high (ends included) at every "
+        "budget; TPE conditions on them and samples the other num_samples - lr_grid trials",
+    )
+    models: list[dict[str, Any]] | None = Field(
+        None,
+        min_length=1,
+        description="one model shape per budget (mappings of ModelConfig fields, e.g. d_model, n_layers), "
+        "e.g. growing with C as compute-optimal models do; default: the base model at every budget",
+    )
     scheduler: Literal["asha", "median", "none"] = Field("asha", description="pruning of clearly bad trials")
     grace_fraction: float = Field(0.3, gt=0, le=1, description="share of tokens before a trial may be pruned")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA reduction factor")
@@ -79,7 +91,25 @@ class SearchStudy(_Strict):
         for i, b in enumerate(self.batch_size or []):
             if b < 1:
                 raise ValueError(f"batch_size[{i}]: must be >= 1, got {b}")
+        if self.lr_grid:
+            if self.lr is None:
+                raise ValueError("lr_grid: needs an lr range to lay the grid over")
+            if self.lr_grid > self.num_samples:
+                raise ValueError(f"lr_grid: {self.lr_grid} grid points > num_samples ({self.num_samples})")
+        if self.models is not None and len(self.models) != len(self.budgets):
+            raise ValueError(
+                f"models: give one model per budget ({len(self.budgets)} budgets, {len(self.models)} models)"
+            )
         return self
+
+    def lr_grid_values(self) -> list[float]:
+        """The ``lr_grid`` LRs: log-spaced from lr.low to lr.high, ends included (4 significant digits)."""
+        if not self.lr_grid or self.lr is None:
+            return []
+        lo, hi, n = math.log(self.lr.low), math.log(self.lr.high), self.lr_grid
+        if n == 1:
+            return [float(f"{math.exp((lo + hi) / 2):.4g}")]
+        return [float(f"{math.exp(lo + (hi - lo) * i / (n - 1)):.4g}") for i in range(n)]
 
 
 class LadderRule(_Strict):
@@ -186,6 +216,12 @@ class FitSpec(_Strict):
 
     laws: list[str] | None = Field(None, description="law names; all that the runs support when unset")
     bootstrap: int = Field(50, ge=0)
+    max_extrapolation_decades: float = Field(
+        5.0,
+        gt=0,
+        description="the end-of-sweep recommendation at 6.4e24 FLOPs uses the sweep's laws only when its"
+        " largest run is within this many decades of it (Ling: ~4); otherwise the published ling laws do",
+    )
 
 
 class SweepSpec(_Strict):

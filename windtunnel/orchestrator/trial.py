@@ -13,6 +13,7 @@ run's final (merged-model) val_loss, which the searcher records.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,7 @@ def execute_trial(
     retries it); a diverged run is recorded with status ``diverged`` and returns normally (not retried).
     """
     from trainer.loop import train
-    from windtunnel.orchestrator.tracking import TrialLogger, flatten
+    from windtunnel.orchestrator.tracking import TrialLogger, flatten, with_retry
 
     h = cfg.config_hash()
     workdir = Path(ctx["sweep_dir"]) / h
@@ -99,6 +100,9 @@ def execute_trial(
         if tune_report is not None:
             tune_report({"val_loss": float(stored), "progress": 1.0, "diverged": 0.0, "reused": 1.0})
         return None
+    # the process running this attempt (the fault-injection tests find the Ray worker to kill by it)
+    with_retry(logger.client.set_tag, logger.run_id, "pid", str(os.getpid()))
+    record_node(logger.client, logger.run_id)  # which Ray node runs this attempt (retries append)
     total_tokens = cfg.steps * cfg.batch_tokens
     last_val: list[float | None] = [None]
 
@@ -149,17 +153,80 @@ def execute_trial(
     if status == "diverged":
         row = run_table_row(cfg, result.tokens, float("nan"))
         reason = getattr(result, "error", None) or "loss diverged (NaN or above diverge_factor x best)"
-        logger.client.log_batch(logger.run_id, metrics=_metrics(overhead))
-        logger.finish("diverged", row, tags={"reason": str(reason)[:500]})
+        logger.finish(
+            "diverged", row, tags={"reason": str(reason)[:500], **_resume_tags(result)}, extra=overhead
+        )
         if tune_report is not None:
             tune_report({"val_loss": DIVERGED_PENALTY, "progress": 1.0, "diverged": 1.0})
         return result
     row = run_table_row(cfg, result.tokens, float(result.val_loss))
-    logger.client.log_batch(logger.run_id, metrics=_metrics(overhead))
-    logger.finish("finished", row)
+    logger.finish("finished", row, tags=_resume_tags(result), extra=overhead)  # waits out a store outage
     if tune_report is not None:
         tune_report({"val_loss": float(result.val_loss), "progress": 1.0, "diverged": 0.0})
     return result
+
+
+def record_node(client: Any, run_id: str) -> dict[str, str]:
+    """Tag the child run with where this attempt runs and return the tags.
+
+    ``ray_node_id`` (hex id of the Ray node, "" outside Ray) and ``hostname`` are this attempt's;
+    ``ray_nodes`` lists ``node_id@hostname`` of every attempt, oldest first, comma-separated, so a trial
+    retried on another node after its node died shows both.
+    """
+    import socket
+    import sys
+
+    from mlflow.entities import RunTag
+
+    from windtunnel.orchestrator.tracking import with_retry
+
+    ray = sys.modules.get("ray")  # only a Ray worker has Ray imported and initialised
+    node_id = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
+    host = socket.gethostname()
+    previous = with_retry(client.get_run, run_id).data.tags.get("ray_nodes", "")
+    nodes = [n for n in previous.split(",") if n] + [f"{node_id or 'local'}@{host}"]
+    tags = {"ray_node_id": node_id, "hostname": host, "ray_nodes": ",".join(nodes)[-5000:]}
+    with_retry(client.log_batch, run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return tags
+
+
+def close_lost_run(tracking_uri: str, run_id: str, retries: int | None = None) -> bool:
+    """Mark a trial's child run ``failed`` if it is still ``running`` after Tune gave up on the trial.
+
+    An attempt whose Ray worker or node died could not close its run; when no retry is left (Tune calls the
+    driver's ``on_trial_error``) the run would otherwise stay ``running`` after the sweep ended. A run the
+    trial closed itself (finished, diverged, failed by the trainer) is left alone. ``failed`` runs are
+    resumed (from their checkpoints) by the next ``windtunnel run`` of the sweep. Returns whether the run
+    was changed.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+
+    from windtunnel.orchestrator.tracking import with_retry
+
+    client = MlflowClient(tracking_uri)
+    run = with_retry(client.get_run, run_id)
+    if run.data.tags.get("status", "running") != "running":
+        return False
+    used = "" if retries is None else f" ({retries})"
+    reason = (
+        "lost: its last attempt ended without closing its run (its Ray worker or node died, or the tracking "
+        f"store was unreachable) and its retries{used} were used up; run the sweep again to resume it"
+    )
+    with_retry(client.log_batch, run_id, tags=[RunTag("status", "failed"), RunTag("reason", reason)])
+    with_retry(client.set_terminated, run_id, "FAILED")
+    return True
+
+
+def _resume_tags(result: Any) -> dict[str, str]:
+    """``resumed_from``: the checkpoint step the last attempt restarted from ("none": from scratch);
+    ``checkpoint_warnings``: corrupt checkpoints it skipped, and why (absent when there were none)."""
+    step = getattr(result, "resumed_from", None)
+    tags = {"resumed_from": "none" if step is None else str(step)}
+    warned = list(getattr(result, "checkpoint_warnings", []) or [])
+    if warned:
+        tags["checkpoint_warnings"] = " | ".join(warned)[:4000]
+    return tags
 
 
 def _metrics(values: dict[str, float]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray.tune import Callback
@@ -69,6 +70,14 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.progress.set_state(trial.trial_id, "failed")
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id and self.tracking_uri:  # no retry left: a run its dead worker/node left open is closed
+            from windtunnel.orchestrator.trial import close_lost_run
+
+            try:
+                close_lost_run(self.tracking_uri, run_id, getattr(trial, "max_failures", None))
+            except Exception as err:  # noqa: BLE001 - the store being down must not end the sweep
+                warnings.warn(f"could not close the lost run {run_id}: {err}", stacklevel=1)
         self._refresh()
 
 
