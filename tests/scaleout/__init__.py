@@ -1,0 +1,1 @@
+"""Scale-out tests: a real multi-node Ray cluster, PostgreSQL-backed MLflow."""
