@@ -15,7 +15,9 @@ from windtunnel.orchestrator.spec import Plan, SpecError, load_and_expand
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep", help="sweep YAML (see `windtunnel schema`)")
     parser.add_argument(
-        "--address", default=None, help="Ray cluster: auto | ray://host:port (default: local Ray)"
+        "--address",
+        default=None,
+        help="Ray cluster: auto | HOST:PORT | ray://HOST:10001 (needs ray[client]); default: local Ray",
     )
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow URI (default: the spec's, sqlite:///mlflow.db)"
