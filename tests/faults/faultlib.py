@@ -12,20 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from micro_spec import MICRO_DATA, MICRO_MODEL  # noqa: F401 - re-exported to the fault tests
 
 from trainer.checkpoint import list_step_files, load_checkpoint, save_checkpoint, sha256_file, step_of
 from trainer.config import RunConfig
-
-MICRO_MODEL: dict[str, Any] = {
-    "vocab_size": 512,
-    "d_model": 32,
-    "n_layers": 1,
-    "n_heads": 2,
-    "n_kv_heads": 2,
-    "d_ffn": 96,
-    "seq_len": 64,
-}
-MICRO_DATA: dict[str, Any] = {"max_corpus_bytes": 2_000_000}  # the corpus test_sweep.py caches too
 
 
 def micro_config(steps: int = 40, **overrides: Any) -> RunConfig:

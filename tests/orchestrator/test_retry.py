@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from micro_spec import MICRO_DATA, MICRO_MODEL
 from mlflow import MlflowClient
 
 from trainer.loop import train
@@ -30,21 +31,13 @@ pytestmark = pytest.mark.slow
 RETRIES = 2
 SPEC = {
     "name": "retry",
-    "data": {"max_corpus_bytes": 2_000_000},
+    "data": dict(MICRO_DATA),
     "base": {
         "device": "cpu",
         "eval_interval": 10,
         "eval_batches": 1,
         "log_interval": 5,
-        "model": {
-            "vocab_size": 512,
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_kv_heads": 2,
-            "d_ffn": 96,
-            "seq_len": 64,
-        },
+        "model": dict(MICRO_MODEL),
         "optim": {"lr": 3e-3, "batch_size": 8, "tokens": 10_240},
         "schedule": {"kind": "wsd"},
     },

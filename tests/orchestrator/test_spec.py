@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from micro_spec import MICRO_MODEL
 
 from trainer.flops import flops_per_token
 from windtunnel.cli import main as cli_main
@@ -22,15 +23,7 @@ BASE = {
     "name": "t",
     "base": {
         "device": "cpu",
-        "model": {
-            "vocab_size": 512,
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_kv_heads": 2,
-            "d_ffn": 96,
-            "seq_len": 64,
-        },
+        "model": dict(MICRO_MODEL),
         "optim": {"lr": 3e-3, "batch_size": 8, "tokens": 20000},
     },
     "studies": [{"name": "g", "grid": {"optim.lr": [1e-3, 3e-3]}}],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from micro_spec import MICRO_DATA, MICRO_MODEL
 from mlflow import MlflowClient
 
 from trainer.config import RunConfig
@@ -25,21 +26,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SPEC = {
     "name": "micro",
-    "data": {"max_corpus_bytes": 2_000_000},
+    "data": dict(MICRO_DATA),
     "base": {
         "device": "cpu",
         "eval_interval": 10,
         "eval_batches": 2,
         "log_interval": 5,
-        "model": {
-            "vocab_size": 512,
-            "d_model": 32,
-            "n_layers": 1,
-            "n_heads": 2,
-            "n_kv_heads": 2,
-            "d_ffn": 96,
-            "seq_len": 64,
-        },
+        "model": dict(MICRO_MODEL),
         "optim": {"lr": 3e-3, "batch_size": 8, "tokens": 40_000},
         "schedule": {"kind": "wsd"},
     },

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from micro_spec import MICRO_DATA, MICRO_MODEL
 
 from .ray_cluster import LocalRayCluster, RayNode, ray_env
 
@@ -35,21 +36,13 @@ def _spec(tmp_path: Path, name: str, lrs: list[float], tokens: int) -> Path:
         "name": name,
         "workdir": str(tmp_path / "runs"),
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "data": {"max_corpus_bytes": 2_000_000},
+        "data": dict(MICRO_DATA),
         "base": {
             "device": "cpu",
             "eval_interval": 10,
             "eval_batches": 2,
             "log_interval": 5,
-            "model": {
-                "vocab_size": 512,
-                "d_model": 32,
-                "n_layers": 1,
-                "n_heads": 2,
-                "n_kv_heads": 2,
-                "d_ffn": 96,
-                "seq_len": 64,
-            },
+            "model": dict(MICRO_MODEL),
             "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
             "schedule": {"kind": "wsd"},
         },

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from micro_spec import MICRO_DATA, MICRO_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "tracking_server.sh"
@@ -179,21 +180,13 @@ def micro_spec(name: str, lrs: list[float], tokens: int = 20_480, fit: bool = Tr
     steps, an evaluation every 10; ``fit``: lr_opt is fitted (3 finished runs) and laws.json logged."""
     return {
         "name": name,
-        "data": {"max_corpus_bytes": 2_000_000},
+        "data": dict(MICRO_DATA),
         "base": {
             "device": "cpu",
             "eval_interval": 10,
             "eval_batches": 2,
             "log_interval": 5,
-            "model": {
-                "vocab_size": 512,
-                "d_model": 32,
-                "n_layers": 1,
-                "n_heads": 2,
-                "n_kv_heads": 2,
-                "d_ffn": 96,
-                "seq_len": 64,
-            },
+            "model": dict(MICRO_MODEL),
             "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
             "schedule": {"kind": "wsd"},
         },
