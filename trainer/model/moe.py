@@ -201,9 +201,7 @@ class MoE(nn.Module):
         group_sizes_E = torch.bincount(expert_S, minlength=self.moe_cfg.n_experts)
         x_SD = x_TD.index_select(0, token_S)
         gate_S = gates_TK.reshape(-1).index_select(0, order_S)
-        y_SD = expert_swiglu(
-            x_SD, self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD, group_sizes_E, gate_S, self.precision_cfg
-        )
+        y_SD = self._routed_experts(x_SD, group_sizes_E, gate_S)
         out_TD = torch.zeros_like(x_TD, dtype=y_SD.dtype).index_add_(0, token_S, y_SD)
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
@@ -221,6 +219,15 @@ class MoE(nn.Module):
         if self.moe_cfg.z_loss_coef > 0:
             aux["z_loss"] = self.moe_cfg.z_loss_coef * torch.logsumexp(logits_TE, dim=-1).square().mean()
         return out_TD.view(B, T, D).to(x_BTD.dtype), aux
+
+    def _routed_experts(
+        self, x_SD: torch.Tensor, group_sizes_E: torch.Tensor, gate_S: torch.Tensor
+    ) -> torch.Tensor:
+        """g_s * SwiGLU_{e(s)}(x_s) for the expert-sorted token-slots (all experts local; expert
+        parallelism overrides this: ``trainer.parallel.expert_parallel``)."""
+        return expert_swiglu(
+            x_SD, self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD, group_sizes_E, gate_S, self.precision_cfg
+        )
 
     def _seq_aux_loss(self, scores_BTE: torch.Tensor, expert_idx_BTK: torch.Tensor) -> torch.Tensor:
         """Sequence-wise balance loss, DeepSeek-V3 (arXiv 2412.19437) eqs. 17-20, per sequence then

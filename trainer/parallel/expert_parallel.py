@@ -94,40 +94,12 @@ class ExpertParallelMoE(MoE):
     def n_local_experts(self) -> int:
         return self.moe_cfg.n_experts // self.ep_size
 
-    def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        B, T, D = x_BTD.shape
-        x_TD = x_BTD.reshape(B * T, D)
-        expert_idx_TK, gates_TK, scores_TE, logits_TE = self.router(x_TD)
-        K = expert_idx_TK.shape[1]
-        E = self.moe_cfg.n_experts
-
-        expert_S = expert_idx_TK.reshape(-1)
-        order_S = torch.argsort(expert_S, stable=True)
-        token_S = order_S // K
-        group_sizes_E = torch.bincount(expert_S, minlength=E)
-        x_SD = x_TD.index_select(0, token_S)
-        y_SD = self._routed_experts(x_SD, group_sizes_E)
-        gate_S = gates_TK.reshape(-1).index_select(0, order_S).to(y_SD.dtype)
-        out_TD = torch.zeros_like(x_TD, dtype=y_SD.dtype).index_add_(0, token_S, y_SD * gate_S.unsqueeze(1))
-        if self.shared is not None:
-            out_TD = out_TD + self.shared(x_TD)
-
-        load_E = group_sizes_E.detach().to(self.last_load_E.dtype)
-        self.last_load_E.copy_(load_E)
-        if self.training:
-            self.load_accum_E.add_(load_E)
-
-        aux: dict[str, torch.Tensor] = {}
-        if self.moe_cfg.seq_aux_loss_coef > 0:
-            aux["seq_aux_loss"] = self.moe_cfg.seq_aux_loss_coef * self._seq_aux_loss(
-                scores_TE.view(B, T, -1), expert_idx_TK.view(B, T, K)
-            )
-        if self.moe_cfg.z_loss_coef > 0:
-            aux["z_loss"] = self.moe_cfg.z_loss_coef * torch.logsumexp(logits_TE, dim=-1).square().mean()
-        return out_TD.view(B, T, D).to(x_BTD.dtype), aux
-
-    def _routed_experts(self, x_SD: torch.Tensor, group_sizes_E: torch.Tensor) -> torch.Tensor:
-        """y_s = SwiGLU_{e(s)}(x_s) for expert-sorted slots whose experts live on any rank of the group."""
+    def _routed_experts(
+        self, x_SD: torch.Tensor, group_sizes_E: torch.Tensor, gate_S: torch.Tensor
+    ) -> torch.Tensor:
+        """g_s * SwiGLU_{e(s)}(x_s) for expert-sorted slots whose experts live on any rank of the group
+        (routing, combine, balance metrics and aux losses are ``MoE.forward``'s; the gate is applied here,
+        after the return all-to-all, because gates stay on the token's own rank)."""
         P, El = self.ep_size, self.n_local_experts
         # counts: recv_PEl[p, e] = slots rank p sends to this rank's local expert e
         recv_PEl = torch.empty_like(group_sizes_E)
@@ -148,7 +120,8 @@ class ExpertParallelMoE(MoE):
             xl_RD, self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD, sizes_El, precision_cfg=self.precision_cfg
         )
         y_RD = torch.empty_like(yl_RD).index_copy(0, perm_R, yl_RD)
-        return all_to_all(y_RD, in_splits, out_splits, self.ep_group)
+        y_SD = all_to_all(y_RD, in_splits, out_splits, self.ep_group)
+        return y_SD * gate_S.to(y_SD.dtype).unsqueeze(1)
 
 
 def shard_experts(model: nn.Module, group: Any, ep_rank: int, ep_size: int) -> list[ExpertParallelMoE]:
