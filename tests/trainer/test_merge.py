@@ -65,7 +65,8 @@ def test_merge_rejects_bad_weights() -> None:
 def test_checkpoint_roundtrip_and_corruption_fallback(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path, keep_last=2)
     for step in (10, 20, 30):
-        mgr.save(step, {"step": step, "model": _toy(step)})
+        # a whole training state: load_latest skips files that lack any of TRAINING_STATE_KEYS
+        mgr.save(step, {"step": step, "model": _toy(step), "optimizer": {}, "rng": {}, "extra": {}})
     files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert files == ["step_00000020.pt", "step_00000030.pt"]  # keep_last=2
     assert mgr.load_latest()["step"] == 30
