@@ -17,3 +17,17 @@ MICRO_MODEL: dict[str, Any] = {  # ~13k non-embedding parameters: a trial of 40k
     "seq_len": 64,
 }
 MICRO_DATA: dict[str, Any] = {"max_corpus_bytes": 2_000_000}  # a 2 MB slice of the default corpus
+
+
+def micro_base(tokens: int, eval_batches: int = 2) -> dict[str, Any]:
+    """The sweep ``base`` (a RunConfig mapping) of the micro runs: batch 8 x 64 tokens, WSD, on the CPU,
+    a metric point every 5 steps and a validation every 10."""
+    return {
+        "device": "cpu",
+        "eval_interval": 10,
+        "eval_batches": eval_batches,
+        "log_interval": 5,
+        "model": dict(MICRO_MODEL),
+        "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
+        "schedule": {"kind": "wsd"},
+    }

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 import yaml
-from faultlib import MICRO_DATA, MICRO_MODEL, checkpoints, loss_curve, poison_weight, truncate
+from faultlib import MICRO_DATA, checkpoints, loss_curve, poison_weight, truncate
+from micro_spec import micro_base
 from mlflow import MlflowClient
 
 from trainer.checkpoint import CheckpointError, load_checkpoint, step_of, verify_checkpoint
@@ -44,15 +45,7 @@ BATCH_TOKENS = 8 * 64
 SPEC: dict[str, Any] = {
     "name": SWEEP,
     "data": dict(MICRO_DATA),
-    "base": {
-        "device": "cpu",
-        "eval_interval": 10,
-        "eval_batches": 2,
-        "log_interval": 5,
-        "model": dict(MICRO_MODEL),
-        "optim": {"lr": 3e-3, "batch_size": 8, "tokens": STEPS[0] * BATCH_TOKENS},
-        "schedule": {"kind": "wsd"},
-    },
+    "base": micro_base(STEPS[0] * BATCH_TOKENS),
     "concurrency": 1,
     "retries": 2,
     "min_runs_to_fit": 3,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from micro_spec import MICRO_DATA, MICRO_MODEL
+from micro_spec import MICRO_DATA, micro_base
 from mlflow import MlflowClient
 
 from trainer.loop import train
@@ -32,15 +32,7 @@ RETRIES = 2
 SPEC = {
     "name": "retry",
     "data": dict(MICRO_DATA),
-    "base": {
-        "device": "cpu",
-        "eval_interval": 10,
-        "eval_batches": 1,
-        "log_interval": 5,
-        "model": dict(MICRO_MODEL),
-        "optim": {"lr": 3e-3, "batch_size": 8, "tokens": 10_240},
-        "schedule": {"kind": "wsd"},
-    },
+    "base": micro_base(10_240, eval_batches=1),
     "concurrency": 2,
     "retries": RETRIES,
     "min_runs_to_fit": 100,  # no fit: the summary still lists the runs excluded from fits

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from micro_spec import MICRO_DATA, MICRO_MODEL
+from micro_spec import MICRO_DATA, micro_base
 from mlflow import MlflowClient
 
 from trainer.config import RunConfig
@@ -27,15 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 SPEC = {
     "name": "micro",
     "data": dict(MICRO_DATA),
-    "base": {
-        "device": "cpu",
-        "eval_interval": 10,
-        "eval_batches": 2,
-        "log_interval": 5,
-        "model": dict(MICRO_MODEL),
-        "optim": {"lr": 3e-3, "batch_size": 8, "tokens": 40_000},
-        "schedule": {"kind": "wsd"},
-    },
+    "base": micro_base(40_000),
     "concurrency": 2,
     "retries": 1,
     "min_runs_to_fit": 3,

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from micro_spec import MICRO_DATA, MICRO_MODEL
+from micro_spec import MICRO_DATA, micro_base
 
 from .ray_cluster import LocalRayCluster, RayNode, ray_env
 
@@ -37,15 +37,7 @@ def _spec(tmp_path: Path, name: str, lrs: list[float], tokens: int) -> Path:
         "workdir": str(tmp_path / "runs"),
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "data": dict(MICRO_DATA),
-        "base": {
-            "device": "cpu",
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "log_interval": 5,
-            "model": dict(MICRO_MODEL),
-            "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
-            "schedule": {"kind": "wsd"},
-        },
+        "base": micro_base(tokens),
         "resources": {"cpus": 1},
         "concurrency": 2,
         "retries": 2,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from micro_spec import MICRO_DATA, MICRO_MODEL
+from micro_spec import MICRO_DATA, micro_base
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "tracking_server.sh"
@@ -181,15 +181,7 @@ def micro_spec(name: str, lrs: list[float], tokens: int = 20_480, fit: bool = Tr
     return {
         "name": name,
         "data": dict(MICRO_DATA),
-        "base": {
-            "device": "cpu",
-            "eval_interval": 10,
-            "eval_batches": 2,
-            "log_interval": 5,
-            "model": dict(MICRO_MODEL),
-            "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
-            "schedule": {"kind": "wsd"},
-        },
+        "base": micro_base(tokens),
         "concurrency": 1,
         "retries": 1,
         "min_runs_to_fit": len(lrs) if fit else 1000,
