@@ -98,7 +98,9 @@ def test_sqlite_concurrent_writers_wait_out_a_locked_database(tmp_path: Path) ->
     exp = ensure_experiment(client, "stress")
     parent = ensure_parent_run(client, exp, "stress", {"n_trials": 3})
     n_writers, n_steps = 3, 120
-    env = {**os.environ, "WT_TRACKING_DEADLINE_S": "120", "OMP_NUM_THREADS": "1"}
+    # the writer runs tracking_server.py as a script: give it the test path (tests/micro_spec.py) too
+    test_path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "WT_TRACKING_DEADLINE_S": "120", "OMP_NUM_THREADS": "1", "PYTHONPATH": test_path}
     ready = [tmp_path / f"ready{i}" for i in range(n_writers)]
     procs = [
         subprocess.Popen(
