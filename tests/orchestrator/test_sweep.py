@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from trainer.config import RunConfig
 from trainer.flops import count_params, flops_per_token
-from windtunnel.orchestrator.tracking import effective_status, runs_from_mlflow, trial_runs
+from windtunnel.orchestrator.tracking import effective_status, open_client, runs_from_mlflow, trial_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -81,16 +81,19 @@ def test_kill_resume_and_idempotence(tmp_path: Path) -> None:
             time.sleep(1.0)
             if not (tmp_path / "mlflow.db").exists():
                 continue
-            try:
-                st = _statuses(MlflowClient(uri))
+            try:  # open_client: a raw MlflowClient racing the driver's schema creation can crash the driver
+                st = _statuses(open_client(uri))
             except Exception:  # noqa: BLE001 - the store may be mid-creation
                 continue
             if sum(s in ("finished", "diverged") for s in st.values()) >= 2:
                 break
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the driver already exited: the assertion below says so
+            pass
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed mid-way"
+    assert proc.returncode == -signal.SIGKILL, f"the sweep ended (rc {proc.returncode}) before it was killed"
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("micro").experiment_id
     for h, run in trial_runs(client, exp_id).items():
