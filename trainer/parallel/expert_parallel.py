@@ -22,6 +22,7 @@ NCCL's all-to-all. Gradients of the local experts sum the contributions of the w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -193,44 +194,46 @@ def _expert_slots(model: nn.Module, optimizer: torch.optim.Optimizer) -> set[int
     return {i for i, p in enumerate(params) if id(p) in ids}
 
 
+def _map_expert_moments(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    opt_state: dict[str, Any],
+    fn: Callable[[torch.Tensor, nn.Parameter], torch.Tensor],
+) -> dict[str, Any]:
+    """``opt_state`` with ``fn(moment, param)`` applied to every non-scalar tensor in the state of each
+    expert parameter (other parameters and scalars such as ``step`` are left as they are)."""
+    slots = _expert_slots(model, optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = dict(opt_state["state"])
+    for i in sorted(slots):
+        if i in state:
+            state[i] = {
+                k: fn(v, params[i]) if torch.is_tensor(v) and v.ndim > 0 else v for k, v in state[i].items()
+            }
+    return {**opt_state, "state": state}
+
+
 def gather_expert_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, opt_state: dict[str, Any], group: Any
 ) -> dict[str, Any]:
     """``optimizer.state_dict()`` with the per-expert moments (``exp_avg``, ``exp_avg_sq``: shaped like the
     expert stack) all-gathered over the ``ep`` group; scalars (``step``) are left as they are."""
-    slots = _expert_slots(model, optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    state = dict(opt_state["state"])
-    for i in sorted(slots):
-        if i not in state:
-            continue
-        entry = dict(state[i])
-        for k, v in entry.items():
-            if torch.is_tensor(v) and v.shape == params[i].shape and v.ndim > 0:
-                entry[k] = _gather_dim0(v, group)
-        state[i] = entry
-    return {**opt_state, "state": state}
+
+    def gather(v: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
+        return _gather_dim0(v, group) if v.shape == p.shape else v
+
+    return _map_expert_moments(model, optimizer, opt_state, gather)
 
 
 def shard_expert_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, opt_state: dict[str, Any], ep_rank: int, ep_size: int
 ) -> dict[str, Any]:
     """Inverse of ``gather_expert_optimizer_state``: keep this rank's rows of each expert moment."""
-    slots = _expert_slots(model, optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    state = dict(opt_state["state"])
-    for i in sorted(slots):
-        if i not in state:
-            continue
-        entry = dict(state[i])
-        n = params[i].shape[0]
-        for k, v in entry.items():
-            if (
-                torch.is_tensor(v)
-                and v.ndim > 0
-                and v.shape[0] == n * ep_size
-                and v.shape[1:] == params[i].shape[1:]
-            ):
-                entry[k] = v[ep_rank * n : (ep_rank + 1) * n].clone()
-        state[i] = entry
-    return {**opt_state, "state": state}
+
+    def shard(v: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
+        n = p.shape[0]
+        if v.shape[0] == n * ep_size and v.shape[1:] == p.shape[1:]:
+            return v[ep_rank * n : (ep_rank + 1) * n].clone()
+        return v
+
+    return _map_expert_moments(model, optimizer, opt_state, shard)
