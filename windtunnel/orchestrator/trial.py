@@ -229,13 +229,6 @@ def _resume_tags(result: Any) -> dict[str, str]:
     return tags
 
 
-def _metrics(values: dict[str, float]) -> list[Any]:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    return [Metric(k, float(v), ts, 0) for k, v in values.items()]
-
-
 def ray_trainable(config: dict[str, Any], ctx: dict[str, Any], items: list[dict[str, Any]]) -> None:
     """Tune function trainable (bind ``ctx`` and ``items`` with ``tune.with_parameters``)."""
     import torch
