@@ -71,3 +71,18 @@ def test_unknown_law_and_non_numeric_column(runs) -> None:
     bad.loc[0, "loss"] = "abc"
     with pytest.raises(ValueError, match="loss"):
         validate_run_table(bad)
+
+
+def test_frontier_backtest_is_finite_when_the_fit_below_the_cut_is_steep():
+    """The quickstart's frontier (session 2): below the cut the losses 4.93, 4.65, 4.66 make the 3-point fit
+    a step (alpha -> large, A = e^(log A) overflows). The backtest must still predict the top budget
+    (computed in log space: the step's level, E) instead of reporting n=0 / nan as it did."""
+    from windtunnel.laws.powerlaw import fit_frontier_law
+
+    C = [9.905897472e9, 2.4970788864e10, 6.2228791296e10, 1.5568207872e11]
+    L = [4.931164741516113, 4.646603584289551, 4.662150144577026, 4.508624792098999]
+    runs = pd.DataFrame({"compute": C, "loss": L, "run_id": list("abcd")})
+    law = fit_frontier_law(runs, n_boot=0)
+    bt = law.backtest
+    assert bt["n"] == 1 and np.isfinite(bt["mean_rel_err"]), bt
+    assert bt["mean_rel_err"] < 0.05  # predicts ~4.65 for 4.51

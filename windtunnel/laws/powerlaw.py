@@ -135,13 +135,21 @@ def bootstrap_frontier(
 
 
 def frontier_coefficients(x_P: np.ndarray) -> dict[str, float]:
-    """(log A, log E, alpha) → {E, A, alpha}."""
-    return {"E": float(np.exp(x_P[1])), "A": float(np.exp(x_P[0])), "alpha": float(x_P[2])}
+    """(log A, log E, alpha) → {E, A, alpha} (an unidentified fit may overflow A to inf: no warning)."""
+    with np.errstate(over="ignore"):
+        return {"E": float(np.exp(x_P[1])), "A": float(np.exp(x_P[0])), "alpha": float(x_P[2])}
 
 
 def frontier_value(E: float | np.ndarray, A: float | np.ndarray, alpha: float | np.ndarray, C: np.ndarray):
-    """L(C) = E + A·C^(−alpha)."""
-    return E + A * np.power(C, -alpha)
+    """L(C) = E + A·C^(−alpha) (inf·0 of an overflowed fit gives nan, silently: callers check finiteness)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return E + A * np.power(C, -alpha)
+
+
+def frontier_value_log(x_P: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """L(C) from x = (log A, log E, alpha) as exp(LSE(log A − alpha·log C, log E)): finite where A = e^(log A)
+    overflows (a steep fit on few points), unlike ``frontier_value`` on the exponentiated coefficients."""
+    return np.exp(np.logaddexp(x_P[0] - x_P[2] * np.log(C), x_P[1]))
 
 
 def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True):
@@ -187,7 +195,8 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
         # one problem per resample over its own frontier points: weights over a per-row point set
         logC_RK, logL_RK = np.log(C_RK), np.log(bestL_RK)
         x = _bootstrap_frontier_rows(logC_RK, logL_RK, x_hat)
-        samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
+        with np.errstate(over="ignore"):
+            samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
     if backtest:
@@ -198,10 +207,18 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
             fpl = frontier_points(
                 low["compute"].to_numpy(float), low["loss"].to_numpy(float), labels[labels < len(centers) - 1]
             )
-            c_low, _ = fit_frontier(low["compute"].to_numpy(float)[fpl], low["loss"].to_numpy(float)[fpl])
+            c_low, x_low = fit_frontier(low["compute"].to_numpy(float)[fpl], low["loss"].to_numpy(float)[fpl])
             top = fp[-1]
-            pred = frontier_value(c_low["E"], c_low["A"], c_low["alpha"], C[[top]])
-            law.backtest = {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, L[[top]])}
+            pred = frontier_value_log(x_low, C[[top]])
+            cut = float(centers[-1] / 10**0.05)
+            if np.all(np.isfinite(pred)):
+                law.backtest = {"cut_compute": cut, **relative_errors(pred, L[[top]])}
+            else:  # e.g. 3 points for 3 coefficients, bending so fast that A overflows: say so, not nan
+                law.backtest = {
+                    "cut_compute": cut,
+                    "skipped": f"the frontier fitted on the {len(fpl)} budgets below the cut is not"
+                    f" identified (alpha={c_low['alpha']:.3g}): no finite prediction at the top budget",
+                }
     return law
 
 
