@@ -154,3 +154,6 @@ def test_kill_resume_and_idempotence(tmp_path: Path) -> None:
         timeout=120,
     )
     assert status.returncode == 0 and "finished 5" in status.stdout and "diverged 1" in status.stdout
+    (parent,) = client.search_runs([exp_id], "tags.`windtunnel.role` = 'parent'")
+    assert parent.info.status == "FINISHED" and parent.info.end_time  # the sweep's run is closed at its end
+    assert parent.data.tags["status"] == "finished"

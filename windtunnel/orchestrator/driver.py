@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,9 @@ def run_sweep(
     from windtunnel.orchestrator.fitting import fit_at_end
 
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
+    # the parent run gets its MLflow end time only now (laws and figures are its artifacts); a re-run of the
+    # sweep marks it RUNNING again (``ensure_parent_run``)
+    with_retry(client.set_terminated, parent_id, "FINISHED")
     return outcome
 
 
@@ -296,6 +300,7 @@ def _run_tuners(
             ray.init(address=address, logging_level=logging.ERROR)
         else:
             ray.init(**kwargs)
+    _check_cluster_fits(spec, ray.cluster_resources())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     active = [s for s in searches if s.remaining > 0]
     sources, schedulers, group_items = [], {}, []
@@ -359,6 +364,19 @@ def _cost(cfg: RunConfig) -> float:
     return (float(flops_per_token(cfg.model)) + head) * float(cfg.optim.tokens)
 
 
+def _check_cluster_fits(spec: SweepSpec, cluster: dict[str, float]) -> None:
+    """A trial asking for more CPUs or GPUs than the whole Ray cluster has would wait forever, silently (Tune
+    keeps it pending): refuse it up front, naming the field. (An autoscaling cluster that would add GPUs later
+    is not supported: start its GPU nodes first.)"""
+    for name, want, key in (("cpus", spec.resources.cpus, "CPU"), ("gpus", spec.resources.gpus, "GPU")):
+        have = float(cluster.get(key, 0.0))
+        if want > 0 and have + 1e-9 < want:
+            raise SpecError(
+                f"resources.{name}: {want:g} {key} per trial, but the Ray cluster has {have:g} {key}s"
+                + (" (no GPU: set resources.gpus: 0 on a CPU machine)" if key == "GPU" and have == 0 else "")
+            )
+
+
 def _optuna_searcher(sp: SearchPlan) -> Any:
     """The group's TPE (``OptunaSearch``), with its done points replayed as evaluated.
 
@@ -372,8 +390,10 @@ def _optuna_searcher(sp: SearchPlan) -> Any:
     n_existing = g.search.num_samples - sp.remaining
     n_startup = g.search.lr_grid or min(10, max(1, g.search.num_samples // 2))
     sampler = optuna.samplers.TPESampler(
-        # a re-run replays done points; a fresh seed keeps the random start-up draws from repeating them
-        seed=g.search.seed + 7919 * n_existing,
+        # a re-run replays done points; a fresh seed keeps the random start-up draws from repeating them.
+        # Each group (budget) gets its own stream: with one seed, every budget drew the same random LRs and
+        # batches while its grid was still running (seen in hparam_law_cpu: identical trials at 4 budgets)
+        seed=g.search.seed + zlib.crc32(g.key.encode()) % 100_003 + 7919 * n_existing,
         n_startup_trials=n_startup,
     )
     return OptunaSearch(

@@ -123,6 +123,8 @@ def ensure_parent_run(client: MlflowClient, exp_id: str, sweep: str, spec_params
     if found:
         run_id = found[0].info.run_id
         with_retry(client.set_tag, run_id, "status", "running")
+        if found[0].info.status != "RUNNING":  # ended by an earlier complete run of the sweep
+            with_retry(client.update_run, run_id, status="RUNNING")
         return run_id
     run = with_retry(
         client.create_run,
