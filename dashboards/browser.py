@@ -57,9 +57,20 @@ def start_chromium() -> Any:
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
         opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='wt-chromium-')}")
+    profile = tempfile.mkdtemp(prefix="wt-chromium-")
+    opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    quit_browser = driver.quit
+
+    def quit_and_remove_profile() -> None:  # the profile (8-20 MB) would otherwise stay in /tmp per run
+        try:
+            quit_browser()
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+
+    driver.quit = quit_and_remove_profile
+    return driver
 
 
 def wait_for_graphs(driver: Any, n_graphs: int, timeout_s: float = 60.0) -> list[list[Any]]:
