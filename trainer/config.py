@@ -180,6 +180,12 @@ class ParallelConfig(_Strict):
     gpu_memory_gb: float = Field(80.0, gt=0)
     zero_stage: int = Field(1, ge=0, le=3, description="optimizer/grad/param sharding over dp")
     activation_checkpointing: bool = True
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="dense peak TFLOP/s per GPU for the reported MFU; None: env WT_PEAK_TFLOPS, else the "
+        "device table (trainer.hardware). A label: not part of config_hash",
+    )
 
 
 class RunConfig(_Strict):
@@ -227,7 +233,8 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Stable hash of the run's content (the ``name`` is excluded: it is a label, not content)."""
-        payload = self.model_dump(mode="json", exclude={"name"})
+        # name and parallel.peak_tflops are labels (the run's name; the GPU peak MFU is reported against)
+        payload = self.model_dump(mode="json", exclude={"name": True, "parallel": {"peak_tflops"}})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -56,6 +56,7 @@ from trainer.config import RunConfig
 from trainer.data import TokenData, prepare_data
 from trainer.distributed import init_parallel
 from trainer.flops import count_params, flops_per_token
+from trainer.hardware import run_mfu
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
 from trainer.schedule import LRSchedule, checkpoint_interval, merge_checkpoint_steps
@@ -318,6 +319,10 @@ def train(
                     step_time_s=dt,
                     tokens_per_s=cfg.batch_tokens / dt,
                 )
+                # MFU of one GPU (global tokens/s over world x peak); absent without a known peak
+                mfu = run_mfu(cfg, cfg.batch_tokens / dt, device, par.world_size)
+                if mfu is not None:
+                    metrics["mfu"] = mfu
                 if is_moe:
                     metrics.update(model.moe_balance())
             if monitor:
