@@ -204,7 +204,9 @@ class RunConfig(_Strict):
     log_interval: int = Field(10, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     diverge_factor: float = Field(
-        3.0, gt=1, description="loss > factor * best loss (or NaN) marks divergence"
+        3.0,
+        gt=1,
+        description="smoothed (EMA) training loss > factor * its best so far, or NaN, marks divergence",
     )
 
     @model_validator(mode="after")
