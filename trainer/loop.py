@@ -269,8 +269,8 @@ def train(
                     f"not {result.config_hash}; use another workdir or resume=False"
                 )
             step = par.restore_training_state(state, model, optimizer)
-            spike.best = extra["best_loss"]
-            spike.ema = extra.get("loss_ema", spike.best)  # checkpoints from before the EMA rule
+            if "loss_ema" in extra:  # a checkpoint from before the EMA rule: the rule restarts here
+                spike.best, spike.ema = extra["best_loss"], extra["loss_ema"]
             recent = list(extra["recent"])
             result.history = [(s, dict(m)) for s, m in extra["history"]]
             result.resumed_from = step
