@@ -16,44 +16,23 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (imported by tests too)
+from timing import cpu_median_s, cuda_median_s  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _timer(smoke: bool, warmup: int, reps: int) -> Callable[[Callable[[], object]], float]:
-    """Median seconds per call: CUDA events on a GPU, perf_counter in --smoke mode."""
-
-    def time_cuda(fn: Callable[[], object]) -> float:
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(times)
-
-    def time_cpu(fn: Callable[[], object]) -> float:
-        fn()
-        times = []
-        for _ in range(max(1, reps // 10)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    return time_cpu if smoke else time_cuda
+    """Median seconds per call: CUDA events on a GPU, perf_counter in --smoke mode (a tenth of the reps)."""
+    if smoke:
+        return lambda fn: cpu_median_s(fn, warmup=1, reps=max(1, reps // 10))
+    return lambda fn: cuda_median_s(fn, warmup=warmup, reps=reps)
 
 
 def _try(timer: Callable, fn: Callable[[], object], flops: float, errors: dict, name: str) -> float | None:

@@ -52,6 +52,9 @@ from trainer.flops import count_params
 from trainer.hardware import device_name_of, match_device, mfu_flops_per_token, resolve_peak_tflops
 from trainer.loop import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ (the tests import this file too)
+from timing import cpu_median_s, cuda_median_s  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 VOCAB = 32768
 COMMON = dict(vocab_size=VOCAB, head_dim=128, rope_fraction=0.5, qk_norm=True, init_std=0.006)
@@ -171,29 +174,11 @@ def run_one(cfg: RunConfig, model_name: str, warmup: int, device: str) -> dict[s
 
 
 def _cuda_median_s(fn: Any, warmup: int = 5, reps: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return cuda_median_s(fn, warmup=warmup, reps=reps)
 
 
 def _cpu_median_s(fn: Any, warmup: int = 1, reps: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return cpu_median_s(fn, warmup=warmup, reps=reps)
 
 
 def measure_ceilings(n: int, device: str) -> dict[str, Any]:
