@@ -57,3 +57,20 @@ def test_leverage_needs_variety() -> None:
     runs = runs[(runs["family"] == "dense") | (runs["granularity"] == 8)]
     ls = fit_laws(runs, laws=["leverage"], bootstrap=0)
     assert "leverage" in ls.errors and "granularities" in ls.errors["leverage"]
+
+
+def test_identified_law_is_not_flagged_and_el_flat_in_a_is() -> None:
+    """Ling's law generates EL that depends on A: the fit is identified (no ``degenerate``). If EL does not
+    depend on A at all (as in the session-3 efficiency_leverage_cpu sweep, where 4/8/16 experts gave the same
+    EL within noise), A_start and A_max run to the edges of their box and the law says it is not
+    identified."""
+    coef = load_laws("ling").laws["leverage"].coefficients
+    ls = fit_laws(_runs(coef), laws=["leverage"], bootstrap=0)
+    assert not ls.laws["leverage"].notes.get("degenerate")
+    runs = _runs(coef)  # then the same G and C dependence, no A dependence: EL(A, G, C) := EL(0.08, G, C)
+    moe = runs["family"] == "moe"
+    el = leverage_value(coef, 0.08, runs.loc[moe, "granularity"], runs.loc[moe, "compute"])
+    runs.loc[moe, "loss"] = 1.7 + 60.0 * (el * runs.loc[moe, "compute"]) ** -0.1
+    law = fit_laws(runs, laws=["leverage"], bootstrap=0).laws["leverage"]
+    assert law.notes.get("degenerate"), law.coefficients
+    assert "not identified" in law.notes["degenerate_reason"]

@@ -298,6 +298,20 @@ def bootstrap_leverage(
     return x
 
 
+LOG_BOUNDS_TEXT = "A_start in [1e-5, 1], A_max in [1, 1e25]"
+PIN_TOL = 0.05  # in log units: a coefficient this close to a box edge counts as pinned there
+
+
+def pinned_at_box(x_P: np.ndarray) -> list[str]:
+    """Names (with values) of A_start / A_max that the fit left at an edge of ``LOG_BOUNDS``."""
+    out = []
+    for col, name in ((4, "A_start"), (5, "A_max")):
+        lo, hi = LOG_BOUNDS[name]
+        if x_P[col] <= lo + PIN_TOL or x_P[col] >= hi - PIN_TOL:
+            out.append(f"{name}={np.exp(x_P[col]):.4g}")
+    return out
+
+
 def fit_leverage_law(
     runs: pd.DataFrame, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True
 ) -> Law:
@@ -323,6 +337,13 @@ def fit_leverage_law(
             "dense_frontier": cd,
         },
     )
+    pinned = pinned_at_box(x_hat)
+    if pinned:  # e.g. EL that barely depends on A: the fit runs to the box, where the exponents blow up
+        law.notes["degenerate"] = True
+        law.notes["degenerate_reason"] = (
+            f"{' and '.join(pinned)} at the edge of the box {LOG_BOUNDS_TEXT}: the activation-ratio term"
+            " is not identified by these runs (their measured EL is in notes.observations)"
+        )
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
         x = bootstrap_leverage(runs, cells, x_dense, x_hat, W)
