@@ -120,18 +120,45 @@ def plot_hparam(runs: pd.DataFrame, lawset: LawSet, name: str, outdir: Path) -> 
     return _save(fig, outdir, name)
 
 
-def plot_leverage(lawset: LawSet, outdir: Path, C: float = 1e22) -> list[Path]:
-    coef = lawset.laws["leverage"].coefficients
+def plot_leverage(lawset: LawSet, outdir: Path, C: float | None = None) -> list[Path]:
+    """EL vs A and EL vs G from the fitted law. A law fitted to runs is drawn at its largest observed
+    budget, over the A and G it saw, with the observed EL of that budget as points (colour = G, resp. A); a
+    law without observations (e.g. the published one) at C = 1e22 over Ling's ranges. A law the fit flagged
+    as not identified says so in the title."""
+    law = lawset.laws["leverage"]
+    coef = law.coefficients
+    obs = pd.DataFrame(law.notes.get("observations", []))
+    if C is None:
+        C = float(obs["compute"].max()) if len(obs) else 1e22
+    near = obs[np.abs(np.log10(obs["compute"] / C)) < 0.2] if len(obs) else obs
+    Gs = sorted(obs["granularity"].unique()) if len(obs) else [2, 4, 8, 12, 16, 32]
+    As = sorted(obs["act_ratio"].unique()) if len(obs) else [0.01, 0.031, 0.1, 0.3]
+    cmap = plt.get_cmap("viridis")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    A = np.logspace(-2.5, 0, 80)
-    for G in (2, 4, 8, 12, 16, 32):
-        ax.plot(A, leverage_value(coef, A, G, C), label=f"G={G}")
-    ax.set(xscale="log", yscale="log", xlabel="activation ratio A", ylabel="EL", title=f"EL vs A (C={C:.0e})")
+    A = np.logspace(np.log10(min(As)) - 0.3, 0, 80) if len(obs) else np.logspace(-2.5, 0, 80)
+    for i, G in enumerate(Gs):
+        col = cmap(i / max(len(Gs) - 1, 1))
+        ax.plot(A, leverage_value(coef, A, G, C), color=col, label=f"G={G:g}")
+        pts = near[near["granularity"] == G] if len(near) else near
+        if len(pts):
+            ax.scatter(pts["act_ratio"], pts["EL"], color=col, s=18, zorder=3)
+    note = " — not identified" if law.notes.get("degenerate") else ""
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="activation ratio A",
+        ylabel="EL",
+        title=f"EL vs A (C={C:.2g}){note}",
+    )
     ax.legend(fontsize=7)
-    G = np.logspace(0, 6, 80, base=2)
-    for a in (0.01, 0.031, 0.1, 0.3):
-        ax2.plot(G, leverage_value(coef, a, G, C), label=f"A={a}")
-    ax2.set(xscale="log", xlabel="granularity G", ylabel="EL", title="EL vs G")
+    G = np.logspace(0, np.log2(max(Gs)) + 1, 80, base=2)
+    for i, a in enumerate(As):
+        col = cmap(i / max(len(As) - 1, 1))
+        ax2.plot(G, leverage_value(coef, a, G, C), color=col, label=f"A={a:.3g}")
+        pts = near[np.isclose(near["act_ratio"], a)] if len(near) else near
+        if len(pts):
+            ax2.scatter(pts["granularity"], pts["EL"], color=col, s=18, zorder=3)
+    ax2.set(xscale="log", xlabel="granularity G", ylabel="EL", title="EL vs G (points: observed)")
     ax2.legend(fontsize=7)
     return _save(fig, outdir, "leverage")
 
