@@ -8,9 +8,9 @@ into the very layout ``mlflow.search_runs`` returns (``run_id``, ``status``, ``s
 ``metrics.*``, ``params.*``, ``tags.*``). Same semantics as the client: only ``active`` runs and experiments,
 ``metrics.*`` is the latest value (MLflow's ``latest_metrics`` table), NaN metrics come back as NaN.
 
-Read-only: SQLite files are opened with ``mode=ro`` (a write raises); PostgreSQL sessions are
-``postgresql_readonly``; nothing but SELECT is ever sent. Non-SQL tracking URIs (``http://``, ``file:``)
-return ``None`` from :func:`engine_for` and the caller uses MLflow's client instead.
+Read-only: SQLite files are opened with ``mode=ro`` (a write raises); PostgreSQL sessions start with
+``default_transaction_read_only=on``; nothing but SELECT is ever sent. Non-SQL tracking URIs (``http://``,
+``file:``) return ``None`` from :func:`engine_for` and the caller uses MLflow's client instead.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def _readonly_url(tracking_uri: str) -> tuple[str, dict[str, Any]]:
     if tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
         path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
         return f"sqlite:///file:{path}?mode=ro&uri=true", {"timeout": 10}
+    if tracking_uri.startswith("postgresql"):  # read-only at the server session level too, not only per
+        return tracking_uri, {"options": "-c default_transaction_read_only=on"}  # SQLAlchemy connection
     return tracking_uri, {}
 
 
@@ -54,10 +56,9 @@ def engine_for(tracking_uri: str) -> Any | None:
             import sqlalchemy
 
             url, connect_args = _readonly_url(tracking_uri)
-            opts: dict[str, Any] = {}
-            if url.startswith("postgresql"):
-                opts["execution_options"] = {"postgresql_readonly": True}
-            engine = sqlalchemy.create_engine(url, connect_args=connect_args, **opts)
+            # PostgreSQL: the session default (connect option, see _readonly_url), not SQLAlchemy's
+            # postgresql_readonly execution option, which it resets to read-write on every pool return
+            engine = sqlalchemy.create_engine(url, connect_args=connect_args)
             _ENGINES[tracking_uri] = engine
         return engine
 
