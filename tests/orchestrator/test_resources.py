@@ -12,7 +12,7 @@ import pytest
 import yaml
 from micro_spec import MICRO_DATA, micro_base
 
-from windtunnel.orchestrator.driver import _check_cluster_fits
+from windtunnel.orchestrator.raycluster import check_cluster_fits
 from windtunnel.orchestrator.spec import SpecError, parse_spec
 
 
@@ -44,7 +44,7 @@ def _spec(resources: dict) -> dict:
 )
 def test_requests_beyond_the_cluster_are_refused(resources: dict, cluster: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace(".", r"\.")):
-        _check_cluster_fits(parse_spec(_spec(resources)), cluster)
+        check_cluster_fits(parse_spec(_spec(resources)), cluster)
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_requests_beyond_the_cluster_are_refused(resources: dict, cluster: dict,
     ],
 )
 def test_requests_within_the_cluster_pass(resources: dict, cluster: dict) -> None:
-    _check_cluster_fits(parse_spec(_spec(resources)), cluster)
+    check_cluster_fits(parse_spec(_spec(resources)), cluster)
 
 
 @pytest.mark.slow
@@ -85,3 +85,32 @@ def test_cli_gpu_sweep_on_a_cpu_machine_exits_2_with_one_line(tmp_path: Path) ->
         [] if exp is None else client.search_runs([exp.experiment_id], "tags.`windtunnel.role` = 'trial'")
     )
     assert trials == []
+
+
+class _Unreachable:
+    """Stands in for the ``ray`` module in a unit test of ``connect_cluster``'s own logic (what it passes,
+    what it turns a failure into); the real Ray Client path is tests/scaleout/test_ray_cluster.py."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict = {}
+
+    def init(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+        raise ConnectionError("ray client connection timeout")
+
+
+def test_unreachable_cluster_is_one_line_and_client_mode_carries_the_tune_env() -> None:
+    from windtunnel.orchestrator.raycluster import TUNE_ENV, connect_cluster
+
+    fake = _Unreachable()
+    with pytest.raises(SpecError) as err:
+        connect_cluster(fake, "ray://10.0.0.1:10001")
+    assert str(err.value) == (
+        "--address ray://10.0.0.1:10001: cannot connect to the Ray cluster "
+        "(ConnectionError: ray client connection timeout)"
+    )
+    assert set(fake.kwargs["runtime_env"]["env_vars"]) == set(TUNE_ENV)
+    assert fake.kwargs["log_to_driver"] is False
+    with pytest.raises(SpecError, match="^--address 10.0.0.1:6379: cannot connect"):
+        connect_cluster(fake, "10.0.0.1:6379")
+    assert "runtime_env" not in fake.kwargs  # a cluster node: the driver's own environment is the Tuner's

@@ -146,6 +146,7 @@ class LocalRayCluster:
     root: Path  # the shared --temp-dir (short path under /tmp)
     env: dict[str, str]
     port: int = 0
+    client_port: int = 0  # the head's Ray Client server (``ray://127.0.0.1:<client_port>``)
     nodes: list[RayNode] = field(default_factory=list)
     _gcs: Any = None
 
@@ -200,8 +201,9 @@ class LocalRayCluster:
     def start_head(self, num_cpus: int = 1, name: str = "wt_head", timeout: float = 90.0) -> RayNode:
         """Start the head node (GCS on a free port) and wait until it is alive; tried twice (see add_node)."""
         for attempt in range(2):
-            self.port = free_port()
+            self.port, self.client_port = free_port(), free_port()
             args = ["--head", "--port", str(self.port), "--include-dashboard", "false"]
+            args += ["--ray-client-server-port", str(self.client_port)]
             head = self._start(name, [*args, "--dashboard-port", str(free_port())], num_cpus)
             try:
                 self.wait_node(head, timeout)

@@ -16,6 +16,7 @@ storage, docs/CLUSTER.md).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,8 +50,11 @@ def _spec(tmp_path: Path, name: str, lrs: list[float], tokens: int) -> Path:
     return path
 
 
-def _launch(spec: Path, tmp_path: Path, address: str, ray_address_env: str | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec), "--address", address, "--no-progress"]
+def _launch(
+    spec: Path, tmp_path: Path, address: str, ray_address_env: str | None = None, progress: bool = False
+) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec), "--address", address]
+    cmd += [] if progress else ["--no-progress"]
     env = ray_env()
     if ray_address_env:  # what `--address auto` resolves to (else Ray looks for a local cluster)
         env["RAY_ADDRESS"] = ray_address_env
@@ -182,6 +186,22 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, worker_node: Ray
     for run in runs:
         assert _nodes_of(run) == [run.data.tags["ray_node_id"]] and run.data.tags["attempts"] == "1"
         assert run.data.tags["hostname"]
+
+
+@pytest.mark.slow
+def test_sweep_through_ray_client(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
+    """``--address ray://host:port`` (Ray Client: the driver is not a cluster node; Tune runs in a remote
+    task). Every trial finishes once, and the live progress table, fed from the store there (Tune's
+    callbacks run on the cluster), ends with the finished count."""
+    spec = _spec(tmp_path, "via_client", lrs=[1e-3, 3e-3], tokens=20_000)
+    proc = _launch(spec, tmp_path, f"ray://127.0.0.1:{ray_cluster.client_port}", progress=True)
+    out = _finish(proc, tmp_path, MLFLOW_TIMEOUT_S)
+    assert proc.returncode == 0, out[-4000:]
+    runs = _check_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "via_client", 2)
+    assert {run.data.tags["ray_node_id"] for run in runs} <= {n.node_id for n in ray_cluster.nodes}
+    row = r"│\s+0 │\s+0 │\s+2 │\s+0 │\s+0 │\s+0 │"  # pending running finished diverged pruned failed
+    assert re.search(row, out), out[-3000:]
+    assert "(2 already done" not in out and "2 launched" in out
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
         default=None,
-        help="Ray cluster: auto | HOST:PORT | ray://HOST:10001 (needs ray[client]); default: local Ray",
+        help="Ray cluster: auto | HOST:PORT | ray://HOST:10001 (Ray Client); default: local Ray",
     )
     parser.add_argument(
         "--tracking-uri", default=None, help="MLflow URI (default: the spec's, sqlite:///mlflow.db)"

@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig
+from windtunnel.orchestrator.raycluster import (
+    TUNE_ENV,
+    StorePoller,
+    check_cluster_fits,
+    connect_cluster,
+    ray_client_mode,
+)
 from windtunnel.orchestrator.spec import Plan, SearchGroup, SpecError, SweepSpec
 
 DIVERGED_REWARD = 1.0e3
@@ -271,12 +278,8 @@ def _run_tuners(
     show_progress: bool,
     make_callback: Any,
 ) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Ctrl-C raises KeyboardInterrupt and ends the whole sweep; unfinished trials resume on the next run
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
     import optuna
     import ray
     from ray import tune
@@ -297,10 +300,10 @@ def _run_tuners(
             "logging_level": logging.ERROR,
         }
         if address:  # an existing cluster: its own dashboard/logging settings stand
-            ray.init(address=address, logging_level=logging.ERROR)
+            connect_cluster(ray, address)
         else:
             ray.init(**kwargs)
-    _check_cluster_fits(spec, ray.cluster_resources())
+    check_cluster_fits(spec, ray.cluster_resources())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     active = [s for s in searches if s.remaining > 0]
     sources, schedulers, group_items = [], {}, []
@@ -322,12 +325,15 @@ def _run_tuners(
         return
     scheduler = GroupedScheduler(schedulers)
     searcher = GroupedSearcher([_cost(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
-    live = None
+    live, poller = None, None
     if show_progress:
         from rich.live import Live
 
         live = Live(progress.table(), refresh_per_second=2, transient=False)
         live.start()
+        if ray_client_mode(address):  # Tune runs remotely: its callbacks cannot reach this table
+            poller = StorePoller(progress, live, ctx["tracking_uri"], ctx["experiment_id"])
+            poller.start()
     try:
         trainable = tune.with_resources(
             tune.with_parameters(grouped_trainable, ctx=ctx, fixed=fixed, groups=group_items), resources
@@ -344,11 +350,16 @@ def _run_tuners(
                 reuse_actors=True,
             ),
             run_config=_run_config(
-                spec, sweep_dir, "sweep", [make_callback(progress, live, scheduler, ctx["tracking_uri"])]
+                spec,
+                sweep_dir,
+                "sweep",
+                [make_callback(progress, None if poller else live, scheduler, ctx["tracking_uri"])],
             ),
         )
         tuner.fit()
     finally:
+        if poller is not None:
+            poller.stop()  # one last read of the store
         if live is not None:
             live.update(progress.table())
             live.stop()
@@ -362,19 +373,6 @@ def _cost(cfg: RunConfig) -> float:
 
     head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
     return (float(flops_per_token(cfg.model)) + head) * float(cfg.optim.tokens)
-
-
-def _check_cluster_fits(spec: SweepSpec, cluster: dict[str, float]) -> None:
-    """A trial asking for more CPUs or GPUs than the whole Ray cluster has would wait forever, silently (Tune
-    keeps it pending): refuse it up front, naming the field. (An autoscaling cluster that would add GPUs later
-    is not supported: start its GPU nodes first.)"""
-    for name, want, key in (("cpus", spec.resources.cpus, "CPU"), ("gpus", spec.resources.gpus, "GPU")):
-        have = float(cluster.get(key, 0.0))
-        if want > 0 and have + 1e-9 < want:
-            raise SpecError(
-                f"resources.{name}: {want:g} {key} per trial, but the Ray cluster has {have:g} {key}s"
-                + (" (no GPU: set resources.gpus: 0 on a CPU machine)" if key == "GPU" and have == 0 else "")
-            )
 
 
 def _optuna_searcher(sp: SearchPlan) -> Any:
