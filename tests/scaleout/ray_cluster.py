@@ -53,8 +53,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port_range(n: int = 40, lo: int = 20000, hi: int = 32000) -> tuple[int, int]:
-    """``n`` consecutive free ports below the Linux ephemeral range (32768+), chosen at random."""
+def free_port_range(n: int = 40, lo: int = 24000, hi: int = 32000) -> tuple[int, int]:
+    """``n`` consecutive free ports below the Linux ephemeral range (32768+), chosen at random; above
+    23000-23999, where the head's Ray Client server starts one server per connected client (a worker-port
+    range there made ``ray://`` connections fail with "Starting Ray client server failed")."""
     for _ in range(200):
         base = random.randrange(lo, hi - n)
         if all(_port_free(p) for p in range(base, base + n)):

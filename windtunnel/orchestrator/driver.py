@@ -302,7 +302,8 @@ def _run_tuners(
         if address:  # an existing cluster: its own dashboard/logging settings stand
             connect_cluster(ray, address)
         else:
-            ray.init(**kwargs)
+            # its own Ray: never a cluster that RAY_ADDRESS or an earlier `ray start` here points to
+            ray.init(address="local", **kwargs)
     check_cluster_fits(spec, ray.cluster_resources())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     active = [s for s in searches if s.remaining > 0]
