@@ -189,21 +189,6 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, worker_node: Ray
 
 
 @pytest.mark.slow
-def test_default_is_a_local_ray_even_with_a_cluster_around(
-    ray_cluster: LocalRayCluster, tmp_path: Path
-) -> None:
-    """Without ``--address`` the sweep starts its own local Ray: it does not attach to a cluster that
-    RAY_ADDRESS (or an earlier ``ray start`` on the machine) points to, whose workers may run other code."""
-    spec = _spec(tmp_path, "local_default", lrs=[1e-3], tokens=10_000)
-    cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec), "--no-progress"]
-    env = {**ray_env(), "RAY_ADDRESS": ray_cluster.address}
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MLFLOW_TIMEOUT_S)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    (run,) = _check_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "local_default", 1)
-    assert run.data.tags["ray_node_id"] not in {n.node_id for n in ray_cluster.nodes}
-
-
-@pytest.mark.slow
 def test_sweep_through_ray_client(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
     """``--address ray://host:port`` (Ray Client: the driver is not a cluster node; Tune runs in a remote
     task). Every trial finishes once, and the live progress table, fed from the store there (Tune's
@@ -289,3 +274,20 @@ def test_node_death_mid_sweep(ray_cluster: LocalRayCluster, worker_node: RayNode
         assert by_id[run_id].data.tags["attempts"] == "1"
     for run in runs:  # no attempt but a first one ran on the dead node
         assert all(n == head.node_id for n in _nodes_of(run)[1:]), _nodes_of(run)
+
+
+@pytest.mark.slow
+def test_default_is_a_local_ray_even_with_a_cluster_around(
+    ray_cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """Without ``--address`` the sweep starts its own local Ray: it does not attach to a cluster that
+    RAY_ADDRESS (or an earlier ``ray start`` on the machine) points to, whose workers may run other code.
+    (Last in the module: run before the Ray Client test on the same head, the client server then failed to
+    start its per-client server.)"""
+    spec = _spec(tmp_path, "local_default", lrs=[1e-3], tokens=10_000)
+    cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec), "--no-progress"]
+    env = {**ray_env(), "RAY_ADDRESS": ray_cluster.address}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MLFLOW_TIMEOUT_S)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    (run,) = _check_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "local_default", 1)
+    assert run.data.tags["ray_node_id"] not in {n.node_id for n in ray_cluster.nodes}
