@@ -186,15 +186,3 @@ def mfu(tokens_per_s: float, flops_per_token_F: float, peak_tflops_per_gpu: floa
     if n_gpus < 1 or peak_tflops_per_gpu <= 0:
         raise ValueError(f"need n_gpus >= 1 and peak > 0, got {n_gpus}, {peak_tflops_per_gpu}")
     return tokens_per_s * flops_per_token_F / (n_gpus * peak_tflops_per_gpu * 1e12)
-
-
-def run_mfu(
-    run_cfg: RunConfig, tokens_per_s: float, device: torch.device | str, world_size: int = 1
-) -> float | None:
-    """The ``mfu`` metric of ``trainer.loop.train``: global-batch tokens/s over ``world_size`` GPUs, i.e. the
-    mean MFU of one GPU under data/expert parallelism (the same as the whole job's); None when no peak is
-    known for ``device`` (CPU, unknown GPU, no override)."""
-    peak = resolve_peak_tflops(run_cfg, device)
-    if peak is None:
-        return None
-    return mfu(tokens_per_s, mfu_flops_per_token(run_cfg.model), peak, world_size)

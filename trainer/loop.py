@@ -59,7 +59,7 @@ from trainer.config import RunConfig
 from trainer.data import TokenData, prepare_data
 from trainer.distributed import init_parallel
 from trainer.flops import count_params, flops_per_token
-from trainer.hardware import run_mfu
+from trainer.hardware import mfu, mfu_flops_per_token, resolve_peak_tflops
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
 from trainer.schedule import LRSchedule, checkpoint_interval, merge_checkpoint_steps
@@ -257,6 +257,9 @@ def train(
     )
     step = 0
     spike = SpikeRule(cfg.diverge_factor)
+    # MFU (trainer.hardware): peak and model FLOPs per token are fixed for the run; None: no peak known
+    peak_tflops = resolve_peak_tflops(cfg, device)
+    mfu_F = mfu_flops_per_token(cfg.model) if peak_tflops is not None else math.nan
     recent: list[float] = []
     if resume and save_full:
         # RNG states must stay CPU tensors; rank 0 reads, every rank gets it (no shared disk needed)
@@ -347,10 +350,8 @@ def train(
                     step_time_s=dt,
                     tokens_per_s=cfg.batch_tokens / dt,
                 )
-                # MFU of one GPU (global tokens/s over world x peak); absent without a known peak
-                mfu = run_mfu(cfg, cfg.batch_tokens / dt, device, par.world_size)
-                if mfu is not None:
-                    metrics["mfu"] = mfu
+                if peak_tflops is not None:  # MFU of one GPU: global tokens/s over world x peak
+                    metrics["mfu"] = mfu(cfg.batch_tokens / dt, mfu_F, peak_tflops, par.world_size)
                 if is_moe:
                     metrics.update(model.moe_balance())
             if monitor:
