@@ -50,6 +50,7 @@ class StorePoller:
 
         self.progress, self.live, self.uri, self.exp_id = progress, live, uri, exp_id
         self.interval_s = interval_s
+        self._client: Any = None  # opened on the first poll, then reused
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wt-store-poller", daemon=True)
 
@@ -65,7 +66,9 @@ class StorePoller:
         from windtunnel.orchestrator.tracking import effective_status, open_client, trial_runs
 
         try:
-            runs = trial_runs(open_client(self.uri), self.exp_id)
+            if self._client is None:
+                self._client = open_client(self.uri)
+            runs = trial_runs(self._client, self.exp_id)
         except Exception:  # noqa: BLE001 - a busy store: the next poll reads it
             return
         self.progress.already_done = {}
