@@ -182,12 +182,14 @@ def test_infeasible_pipeline_vs_gpu_count():
 
 
 def test_missing_laws_are_named(tmp_path, capsys):
+    # the laws a file lacks come from ling (windtunnel.recommend.policy), and the output names them
     path = tmp_path / "laws.json"
     path.write_text(
         json.dumps({"laws": {"lr_opt": {"form": "lr = a*C^b", "coefficients": {"a": 1.0, "b": -0.15}}}})
     )
-    rc, _, err = run_cli(capsys, "--laws", path, "--compute", "1e21")
-    assert rc == 2 and "batch_opt" in err
+    rc, out, _ = run_cli(capsys, "--laws", path, "--compute", "1e21")
+    assert rc == 0 and "note: laws from the sweep: lr_opt; from ling: batch_opt, m_opt" in out
+    assert "peak LR          0.000708" in out  # the file's own lr_opt: 1.0 · (1e21)^-0.15
 
 
 # ---- a law set fitted by windtunnel.laws.fit_laws on synthetic runs ------------------------------------

@@ -228,6 +228,8 @@ def fit_laws(
             continue
         if clean.excluded:
             law.notes["excluded"] = clean.excluded
+        fitted_C = clean.runs["compute"].to_numpy(float)  # the range a recommendation extrapolates from
+        law.notes["compute_range"] = [float(np.nanmin(fitted_C)), float(np.nanmax(fitted_C))]
         out.laws[name] = law
     return out
 

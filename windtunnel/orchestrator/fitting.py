@@ -19,11 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-RECOMMEND_COMPUTE = 6.4e24  # Ling-1T's training compute: the default target of the end-of-sweep summary
-# The Ling report extrapolates its laws ~4 decades (sweeps up to ~1e20-1e21 FLOPs, Ling-1T at 6.4e24); a sweep
-# whose largest run is further than this from the target (a CPU sweep: ~13 decades) does not set the target's
-# config: its laws are reported with their intervals, and the published ``ling`` set recommends.
-MAX_EXTRAPOLATION_DECADES = 5.0  # default of the sweep spec's fit.max_extrapolation_decades
+from windtunnel.recommend.policy import MAX_EXTRAPOLATION_DECADES, RECOMMEND_COMPUTE
 
 
 def _fmt(v: Any) -> str:
@@ -121,73 +117,33 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
         for p in paths:
             log_artifact(client, parent_run_id, p, "figures")
         summary.append(f"figures: {len(paths)} files in {fig_dir}")
-    finished = df[df["status"] == "finished"]
-    c_max = float(finished["compute"].max()) if len(finished) else math.nan
     limit = getattr(getattr(spec, "fit", None), "max_extrapolation_decades", MAX_EXTRAPOLATION_DECADES)
-    summary.append(_recommendation(lawset, sweep_dir, c_max, limit))
+    summary.append(_recommendation(lawset, sweep_dir, limit))
 
 
-def _recommendation(
-    lawset: Any,
-    sweep_dir: Path,
-    fitted_max_compute: float = math.nan,
-    max_decades: float = MAX_EXTRAPOLATION_DECADES,
-) -> str:
-    """Recommend at RECOMMEND_COMPUTE from the sweep's laws, completed by the published ``ling`` set for
-    the laws the sweep did not fit (named in the summary); the config goes to ``recommended.yaml``."""
+def _recommendation(lawset: Any, sweep_dir: Path, max_decades: float = MAX_EXTRAPOLATION_DECADES) -> str:
+    """The summary line of ``windtunnel.recommend.policy.recommend_with_policy`` at RECOMMEND_COMPUTE (the
+    sweep's laws, completed by ``ling`` or refused when too far from the target); the config goes to
+    ``recommended.yaml``."""
+    from windtunnel.recommend.export import write_exports
+    from windtunnel.recommend.policy import recommend_with_policy
+    from windtunnel.recommend.targets import Target
+
     try:
-        from windtunnel.laws import load_laws
-        from windtunnel.recommend.export import write_exports
-        from windtunnel.recommend.recommend import recommend
-        from windtunnel.recommend.targets import Target
-    except ImportError as err:
-        return f"recommendation: recommender not available ({err})"
-    degenerate = [n for n, law in lawset.laws.items() if law.notes.get("degenerate")]
-    if degenerate:  # a degenerate law is not extrapolated: the published one stands in
-        from windtunnel.laws.lawset import LawSet
-
-        lawset = LawSet(
-            laws={n: law for n, law in lawset.laws.items() if n not in degenerate},
-            errors=dict(lawset.errors),
-            excluded=dict(lawset.excluded),
-            name=lawset.name,
-        )
-    decades = math.nan
-    if math.isfinite(fitted_max_compute) and fitted_max_compute > 0:
-        decades = math.log10(RECOMMEND_COMPUTE / fitted_max_compute)
-    too_far = bool(lawset.laws) and decades > max_decades
-    if too_far:
-        from windtunnel.laws.lawset import LawSet
-
-        lawset = LawSet(laws={}, errors={}, excluded=dict(lawset.excluded), name=lawset.name)
-    merged, borrowed = lawset.with_fallback(load_laws("ling"))
-    try:
-        rec = recommend(merged, Target(compute=RECOMMEND_COMPUTE))
-    except Exception as err:  # noqa: BLE001 - the sweep's own laws may not support a recommendation
+        result = recommend_with_policy(lawset, Target(compute=RECOMMEND_COMPUTE), max_decades=max_decades)
+    except ValueError as err:  # RecommendError: the completed laws allow no recommendation; the runs stay
         return f"recommendation at C={RECOMMEND_COMPUTE:.3g}: not possible with these laws ({err})"
+    rec = result.recommendation
     out_yaml = sweep_dir / "recommended.yaml"
     write_exports(rec.run_config, out_yaml)
-    source = ""
-    if too_far:
-        source = (
-            f" (all laws from ling: the sweep's largest run, C={fitted_max_compute:.3g}, is {decades:.1f}"
-            f" decades below the target, beyond the {max_decades:g} a recommendation may"
-            " extrapolate;"
-            " the sweep's own laws are reported above)"
-        )
-    elif borrowed:
-        why = f", degenerate here: {', '.join(degenerate)}" if degenerate else ""
-        source = f" (from the sweep: {', '.join(lawset.laws)}; from ling: {', '.join(borrowed)}{why})"
     keys = [
         k
         for k in ("total_params", "active_params", "tokens", "peak_lr", "batch_tokens", "predicted_loss")
         if k in rec.summary
     ]
     body = ", ".join(f"{k}={_fmt(rec.summary[k])}" for k in keys) or str(rec.summary)[:300]
-    far = ""
-    if lawset.laws and decades > 3:  # within the limit, but far: say so next to the numbers
-        far = f" [the sweep's laws are extrapolated {decades:.1f} decades beyond its largest run]"
-    return f"recommendation at C={RECOMMEND_COMPUTE:.3g}{source}: {body}; config: {out_yaml}{far}"
+    source = f" ({'; '.join(result.notes)})" if result.notes else ""
+    return f"recommendation at C={RECOMMEND_COMPUTE:.3g}{source}: {body}; config: {out_yaml}"
 
 
 # ---------------------------------------------------------------------------------------------------------

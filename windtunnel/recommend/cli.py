@@ -15,7 +15,8 @@ from pathlib import Path
 
 from windtunnel.cli import UserError
 from windtunnel.recommend.export import write_exports
-from windtunnel.recommend.recommend import RecommendError, recommend
+from windtunnel.recommend.policy import recommend_with_policy
+from windtunnel.recommend.recommend import RecommendError
 from windtunnel.recommend.scale import scale_down
 from windtunnel.recommend.summary import format_table, to_json
 from windtunnel.recommend.targets import Constraints, Target, parse_count
@@ -151,10 +152,11 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"cannot load laws {args.laws!r}: {err}") from None
     try:
-        rec = recommend(lawset, target, constraints)
+        result = recommend_with_policy(lawset, target, constraints)
     except RecommendError as err:
         raise UserError(str(err)) from None
-    summary = dict(rec.summary)
+    rec = result.recommendation
+    summary = result.summary
     summary["laws"] = str(args.laws)
     if args.out is not None:
         paths = write_exports(rec.run_config, args.out)
