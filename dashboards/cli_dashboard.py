@@ -54,6 +54,11 @@ def main(args: argparse.Namespace) -> int:
     check_bind(args.host, args.token)
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a TCP port")
+    from dashboards.sqlstore import missing_sqlite_file
+
+    missing = missing_sqlite_file(args.tracking_uri)
+    if missing is not None:  # the dashboard is read-only: it never creates a store
+        raise UserError(f"--tracking-uri: no MLflow store at {missing}")
     from dashboards.app import create_app
 
     try:

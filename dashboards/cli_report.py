@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dashboards.sqlstore import missing_sqlite_file
+
+    missing = missing_sqlite_file(args.tracking_uri)
+    if missing is not None:  # a read-only command: opening it with MLflow would create an empty store
+        raise UserError(f"--tracking-uri: no MLflow store at {missing}")
     from dashboards.data import list_experiments
     from dashboards.report import write_report
 

@@ -25,13 +25,12 @@ import pandas as pd
 from dashboards import sqlstore
 from windtunnel.runtable import validate_run_table
 
-NEAR_OPTIMAL_TOL = 0.0025  # Ling (arXiv 2507.17702 sec. 3): runs within 0.25% of the best loss at a budget
 STATES = ("running", "finished", "failed", "diverged", "killed", "scheduled")
 READERS = ("auto", "sql", "mlflow")
 CURVE_POINTS = 400  # most points drawn per loss curve (log-spaced in step, first and last kept)
 
 
-class _Cache:
+class Cache:
     """A small thread-safe LRU cache keyed by hashable tuples."""
 
     def __init__(self, size: int = 16) -> None:
@@ -65,8 +64,8 @@ class _Cache:
             self._data.clear()
 
 
-SWEEP_CACHE = _Cache(8)
-CURVE_CACHE = _Cache(4096)
+SWEEP_CACHE = Cache(8)
+CURVE_CACHE = Cache(4096)
 
 
 @dataclass

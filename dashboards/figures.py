@@ -1,4 +1,5 @@
-"""Plotly figures of the dashboard and the static report, drawn from ``dashboards.analysis`` aggregates.
+"""Plotly figures of the dashboard and the static report, drawn from ``dashboards.analysis`` aggregates and
+the law engine's ``LawSet.predict``.
 
 Every figure is a plain ``plotly.graph_objects.Figure`` (log axes where the quantity spans decades, hover
 text naming the run), so the Dash app and the offline HTML report draw the same thing.
@@ -10,14 +11,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboards import analysis
-from dashboards.analysis import (
-    IsoFlopProfile,
-    Laws,
-    leverage_grid,
-    near_optimal,
-    predict,
-)
+from dashboards.analysis import ALLOCATION_LAWS, IsoFlopProfile, leverage_grid, near_optimal
+from windtunnel.laws import LawSet
+from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND
 
 FAMILY_COLORS = {"dense": "#1f77b4", "moe": "#d62728"}
 STATE_COLORS = {
@@ -128,7 +124,7 @@ def loss_curves_figure(
     return fig
 
 
-def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
+def isoflop_figure(profiles: list[IsoFlopProfile], laws: LawSet) -> go.Figure:
     """Per budget: runs (markers), fitted parabola in ln N (line), its optimum (star); plus the ``params_opt``
     law's N_opt at each budget (one trace of crosses) when the law file has it."""
     if not profiles:
@@ -150,12 +146,11 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
             )
         )
         if p.coeffs is not None:
-            c0, c1, c2 = p.coeffs
-            x = np.linspace(np.log(p.runs["params"].min()), np.log(p.runs["params"].max()), 50)
+            N, L = p.curve()
             fig.add_trace(
                 go.Scatter(
-                    x=np.exp(x),
-                    y=c0 + c1 * x + c2 * x**2,
+                    x=N,
+                    y=L,
                     mode="lines",
                     legendgroup=label,
                     showlegend=False,
@@ -178,9 +173,9 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
             )
     budgets = np.array([p.budget for p in profiles if p.loss_opt is not None])
     l_opt = [p.loss_opt for p in profiles if p.loss_opt is not None]
-    allocation = [n for n in sorted(laws.entries) if analysis.base_name(n) == "params_opt" and laws.has(n)]
+    allocation = [n for n in ALLOCATION_LAWS if n in laws.laws]
     for k, name in enumerate(allocation if budgets.size else []):  # params_opt, or one per family
-        n_law, _, _ = predict(laws, name, budgets)
+        n_law, _, _ = laws.predict(name, budgets)
         fig.add_trace(
             go.Scatter(
                 x=n_law,
@@ -196,11 +191,11 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: Laws) -> go.Figure:
     return fig
 
 
-def frontier_figure(runs: pd.DataFrame, laws: Laws, target: float) -> go.Figure:
+def frontier_figure(runs: pd.DataFrame, laws: LawSet, target: float) -> go.Figure:
     """Finished runs (loss vs compute, per family), the fitted frontier L = E + A·C^−alpha from the smallest
     budget to the target compute with its 95% band, and the predicted loss at the target with its interval."""
     done = runs[(runs["state"] == "finished") & np.isfinite(runs["loss"]) & (runs["compute"] > 0)]
-    if done.empty and not laws.has("frontier"):
+    if done.empty and "frontier" not in laws.laws:
         return _empty("Loss frontier", "no finished runs and no frontier law")
     fig = go.Figure(layout=dict(title="Loss frontier and extrapolation to the target", **LAYOUT))
     for fam, grp in done.groupby("family"):
@@ -214,13 +209,13 @@ def frontier_figure(runs: pd.DataFrame, laws: Laws, target: float) -> go.Figure:
                 **_hover(grp),
             )
         )
-    if laws.has("frontier"):
+    if "frontier" in laws.laws:
         c_min = float(done["compute"].min()) if not done.empty else target / 1e6
         C = np.logspace(np.log10(c_min), np.log10(target), 120)
-        v, lo, hi = predict(laws, "frontier", C)
+        v, lo, hi = laws.predict("frontier", C)
         _band(fig, C, lo, hi, "frontier 95% band", "#7f7f7f")
         fig.add_trace(go.Scatter(x=C, y=v, mode="lines", name="frontier fit", line=dict(color="black")))
-        tv, tlo, thi = (float(a[0]) for a in predict(laws, "frontier", np.array([target])))
+        tv, tlo, thi = laws.predict("frontier", float(target))
         fig.add_trace(
             go.Scatter(
                 x=[target],
@@ -237,15 +232,16 @@ def frontier_figure(runs: pd.DataFrame, laws: Laws, target: float) -> go.Figure:
     return fig
 
 
-def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | None = None) -> go.Figure:
-    """Runs at (compute, lr or batch_tokens): all finished runs, the near-optimal ones (within 0.25% of the
-    best loss at their budget) highlighted, and the law y = a·C^b with its 95% band."""
+def hparam_figure(runs: pd.DataFrame, laws: LawSet, which: str, target: float | None = None) -> go.Figure:
+    """Runs at (compute, lr or batch_tokens): all finished runs, the near-optimal ones (within
+    ``NEAR_OPTIMAL_BAND`` of the best loss at their budget) highlighted, and the law y = a·C^b with its 95%
+    band."""
     col, law, label = {
         "lr": ("lr", "lr_opt", "peak learning rate"),
         "batch": ("batch_tokens", "batch_opt", "batch size (tokens)"),
     }[which]
     done = runs[(runs["state"] == "finished") & (runs[col] > 0) & (runs["compute"] > 0)]
-    if done.empty and not laws.has(law):
+    if done.empty and law not in laws.laws:
         return _empty(f"{label} law", "no finished runs and no law")
     fig = go.Figure(layout=dict(title=f"{label}: runs, near-optimal band and the {law} law", **LAYOUT))
     near = near_optimal(done) if not done.empty else pd.Series(dtype=bool)
@@ -271,18 +267,18 @@ def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | No
             x=sel["compute"],
             y=sel[col],
             mode="markers",
-            name="within 0.25% of best",
+            name=f"within {NEAR_OPTIMAL_BAND:.2%} of best",
             marker=dict(symbol="circle-open", size=11, color="#d62728", line=dict(width=2)),
             **_hover(sel),
         )
     )
-    if laws.has(law):
+    if law in laws.laws:
         c_lo = float(done["compute"].min()) if not done.empty else 1e17
         c_hi = max(float(done["compute"].max()) if not done.empty else 1e21, target or 0)
         C = np.logspace(np.log10(c_lo), np.log10(c_hi), 100)
-        v, lo, hi = predict(laws, law, C)
+        v, lo, hi = laws.predict(law, C)
         _band(fig, C, lo, hi, f"{law} 95% band", "#ff7f0e")
-        c = laws.coef(law)
+        c = laws.laws[law].coefficients
         fig.add_trace(
             go.Scatter(
                 x=C, y=v, mode="lines", name=f"{law}: {c['a']:.4g}·C^{c['b']:.4f}", line=dict(color="#ff7f0e")
@@ -293,10 +289,10 @@ def hparam_figure(runs: pd.DataFrame, laws: Laws, which: str, target: float | No
     return fig
 
 
-def leverage_figure(laws: Laws, compute: float, axis: str = "A") -> go.Figure:
+def leverage_figure(laws: LawSet, compute: float, axis: str = "A") -> go.Figure:
     """Ling's efficiency leverage EL against activation ratio A (one line per granularity G) or against G
     (one line per A), at ``compute``."""
-    if not laws.has("leverage"):
+    if "leverage" not in laws.laws:
         return _empty("Efficiency leverage", "no leverage law in the law file")
     grid = leverage_grid(laws, compute)
     fig = go.Figure(
@@ -318,7 +314,7 @@ def leverage_figure(laws: Laws, compute: float, axis: str = "A") -> go.Figure:
     return fig
 
 
-def residuals_figure(resid: pd.DataFrame, laws: Laws) -> go.Figure:
+def residuals_figure(resid: pd.DataFrame, laws: LawSet) -> go.Figure:
     """Observed − predicted loss of the parametric law against compute: runs used in the fit and held-out
     runs as two traces, zero line as a shape."""
     if resid.empty:
@@ -340,7 +336,7 @@ def residuals_figure(resid: pd.DataFrame, laws: Laws) -> go.Figure:
             )
         )
     fig.add_hline(y=0, line=dict(color="black", dash="dot"))
-    bt = laws.entries.get("parametric", {}).get("backtest") or {}
+    bt = laws.laws["parametric"].backtest if "parametric" in laws.laws else {}
     scalars = {k: v for k, v in bt.items() if isinstance(v, int | float)}
     if scalars:
         fig.add_annotation(

@@ -16,7 +16,11 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from dashboards import analysis, figures
-from dashboards.app import DEFAULT_TARGET, GRAPHS, build_figures
+from dashboards.data import load_sweeps
+from dashboards.views import DEFAULT_TARGET, GRAPHS, build_figures
+from windtunnel.laws import LawSet, fit_laws
+
+REPORT_BOOTSTRAP = 50  # bootstrap draws of a fit made for the report (no --laws)
 
 TITLES = {
     "progress": "Sweep progress",
@@ -32,21 +36,13 @@ TITLES = {
 PAPER_FIGURES = ("isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid")
 
 
-def _laws_for(tracking_uri: str, experiment: str, laws_path: str | None) -> tuple[analysis.Laws, str]:
-    """The law file given, else a fresh fit with ``windtunnel.laws.fit_laws`` when that engine is present."""
+def _laws_for(tracking_uri: str, experiment: str, laws_path: str | None) -> tuple[LawSet, str]:
+    """The law file given, else the laws fitted now on the experiment's finished runs (kept in memory)."""
     if laws_path is not None:
         return analysis.load_laws(laws_path), f"laws from {laws_path}"
-    try:
-        from windtunnel.laws import fit_laws
-    except ImportError:
-        return analysis.Laws({}, "none"), "no laws: pass --laws (windtunnel.laws.fit_laws is not available)"
-    from dashboards.data import load_sweeps
-
     runs = load_sweeps(tracking_uri, experiment).runs
-    lawset = fit_laws(runs[runs["state"] == "finished"], bootstrap=50)
-    out = Path(f"/tmp/windtunnel-report-laws-{time.time_ns()}.json")
-    lawset.to_json(out)
-    return analysis.load_laws(out), "laws fitted now with windtunnel.laws.fit_laws (bootstrap 50)"
+    lawset = fit_laws(runs[runs["state"] == "finished"], bootstrap=REPORT_BOOTSTRAP)
+    return lawset, f"laws fitted now with windtunnel.laws.fit_laws (bootstrap {REPORT_BOOTSTRAP})"
 
 
 def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
@@ -120,7 +116,7 @@ def write_report(
     (outdir / "figures").mkdir(parents=True, exist_ok=True)
     laws, laws_note = _laws_for(tracking_uri, experiment, laws_path)
     figs = build_figures(tracking_uri, experiment, laws, None, None, target, curve_limit=200)
-    rec = analysis.recommendation(laws, target) if laws.entries else None
+    rec = analysis.recommendation(laws, target) if laws.laws else None
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>windtunnel report — {html.escape(experiment)}</title>",
@@ -150,10 +146,7 @@ def write_report(
         parts.append("</div>")
     parts.append("</div>")
     if rec is not None:
-        parts.append(
-            f"<h2>Recommendation at {target:.3g} FLOPs</h2><p>source: {html.escape(rec.source)}. "
-            f"{html.escape(rec.note)}</p>"
-        )
+        parts.append(f"<h2>Recommendation at {target:.3g} FLOPs</h2><p>{html.escape(rec.note)}</p>")
         parts.append(rec.summary.to_html(index=False, escape=True))
         parts.append(f"<pre>{html.escape(rec.yaml_text)}</pre>")
     parts.append("</body></html>")
@@ -163,7 +156,7 @@ def write_report(
     for g in PAPER_FIGURES:
         if figs[g].data:
             paper += plotly_to_matplotlib(figs[g], outdir / "figures" / g)
-    if rec is not None:
+    if rec is not None and rec.ok:
         (outdir / rec.filename).write_text(rec.yaml_text)
     return {"html": report, "figures": paper, "laws": laws_note}
 

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,6 +35,15 @@ def is_sql_uri(tracking_uri: str) -> bool:
     """True for the SQLAlchemy URIs MLflow accepts as a tracking store (``sqlite:///…``, ``postgresql://…``)."""
     scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
     return scheme in SQL_SCHEMES and "://" in tracking_uri
+
+
+def missing_sqlite_file(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI when it does not exist (opening it with MLflow would create a store),
+    else None."""
+    if not tracking_uri.startswith("sqlite:///") or ":memory:" in tracking_uri:
+        return None
+    path = Path(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
+    return None if path.exists() else path
 
 
 def _readonly_url(tracking_uri: str) -> tuple[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """What the dashboard shows, built lazily per tab on the server and cached per store version.
 
-Opening a 1,000-run sweep used to build and send all nine charts (≈1 MB of JSON, ~100 traces) before the
-first one was drawn. Now the page is split into tabs; a figure is built only when its tab is shown, each
+The page is split into tabs: a figure is built only when its tab is shown (a 1,000-run sweep's nine charts
+are ≈1 MB of JSON and ~100 traces), each
 figure is cached under (tracking URI, experiment, store version, filters, target, law file, graph), and the
 store version is the cheap aggregate of ``dashboards.data.store_version`` (runs count, newest start/end,
 runs alive), so a finished sweep is read once and every later open is a cache hit.
@@ -16,9 +16,11 @@ from typing import Any
 import plotly.graph_objects as go
 
 from dashboards import analysis, figures
-from dashboards.data import _Cache, load_sweeps, loss_curves
+from dashboards.data import Cache, load_sweeps, loss_curves
+from windtunnel.laws import LawSet
+from windtunnel.recommend.policy import RECOMMEND_COMPUTE
 
-DEFAULT_TARGET = 6.4e24  # Ling-1T's training compute (DESIGN.md)
+DEFAULT_TARGET = RECOMMEND_COMPUTE  # Ling-1T's training compute (docs/DESIGN.md)
 GRAPHS = ["progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid"]
 # tab value -> (label, graphs on it); the first tab is what a page open draws
 TABS: dict[str, tuple[str, list[str]]] = {
@@ -30,8 +32,8 @@ TABS: dict[str, tuple[str, list[str]]] = {
     "backtest": ("Backtest residuals", ["resid"]),
 }
 FIRST_TAB = "overview"
-FIGURE_CACHE = _Cache(256)
-RECOMMEND_CACHE = _Cache(32)
+FIGURE_CACHE = Cache(256)
+RECOMMEND_CACHE = Cache(32)
 assert sorted(g for _, gs in TABS.values() for g in gs) == sorted(GRAPHS)
 
 
@@ -42,7 +44,7 @@ def tab_of(graph: str) -> str:
 def build_figures(
     tracking_uri: str,
     experiment: str,
-    laws: analysis.Laws,
+    laws: LawSet,
     sweeps: list[str] | None,
     families: list[str] | None,
     target: float,
@@ -71,7 +73,8 @@ def build_figures(
         tuple(sweeps or ()),
         tuple(families or ()),
         float(target),
-        laws.source,
+        laws.name,
+        id(laws),
         curve_limit,
     )
     t0 = time.perf_counter()
@@ -117,8 +120,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     )
 
 
-def recommendation(laws: analysis.Laws, target: float) -> analysis.RecommendationView:
+def recommendation(laws: LawSet, target: float) -> analysis.RecommendationView:
     """``analysis.recommendation`` cached per (law file, target): the law file is read once at start."""
     return RECOMMEND_CACHE.get_or_compute(
-        (laws.source, id(laws), float(target)), lambda: analysis.recommendation(laws, float(target))
+        (laws.name, id(laws), float(target)), lambda: analysis.recommendation(laws, float(target))
     )

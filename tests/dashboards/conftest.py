@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,24 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "spec": spec,
         **info,
     }
+
+
+QUICKSTART_LAWS = ["lr_opt", "frontier"]  # what experiments/quickstart.yaml fits
+
+
+@pytest.fixture(scope="session")
+def quickstart_laws(store: dict) -> str:
+    """The laws the quickstart sweep fits (lr_opt, frontier), fitted by the law engine on the seeded store's
+    finished runs (compute 3e13-3e15 FLOPs): a law file the recommendation policy must complete with ling."""
+    from dashboards.data import load_sweeps
+    from windtunnel.laws import fit_laws
+
+    runs = load_sweeps(store["uri"], store["experiment"]).runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lawset = fit_laws(runs[runs["state"] == "finished"], laws=QUICKSTART_LAWS, bootstrap=20, seed=0)
+    assert sorted(lawset.laws) == sorted(QUICKSTART_LAWS), lawset.errors
+    return str(lawset.to_json(store["db"].parent / "quickstart-laws.json"))
 
 
 @pytest.fixture(scope="session")

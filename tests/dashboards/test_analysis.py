@@ -1,4 +1,5 @@
-"""Law evaluation and per-budget aggregation against hand-computed values and the published Ling numbers."""
+"""The dashboard's law values, budgets and recommendation come from the law engine and the recommender:
+checked against hand-computed values, the published Ling numbers, and ``windtunnel recommend`` itself."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pandas as pd
 import pytest
 
 from dashboards import analysis
+from windtunnel.laws import LawSet
 
 
-def _laws(tmp_path, entries: dict) -> analysis.Laws:
+def _laws(tmp_path, entries: dict) -> LawSet:
     p = tmp_path / "laws.json"
     p.write_text(json.dumps({"laws": entries}))
     return analysis.load_laws(p)
@@ -24,13 +26,20 @@ def test_ling_lr_law_reproduces_published_peak_lr(tmp_path) -> None:
             "lr_opt": {
                 "form": "",
                 "coefficients": {"a": 1.1576, "b": -0.1529},
-                "ci95": {"a": [1.1, 1.2], "b": [-0.16, -0.15]},
+                "samples": {"a": [1.1, 1.15, 1.2, 1.16], "b": [-0.16, -0.155, -0.15, -0.1525]},
             }
         },
     )
-    v, lo, hi = analysis.predict(laws, "lr_opt", np.array([1.35e23, 7.13e23, 6.4e24]))
-    assert np.allclose(v, [3.36e-4, 2.61e-4, 1.86e-4], rtol=0.01)  # DESIGN.md: mini / flash / 1T
-    assert (lo <= v).all() and (v <= hi).all() and (hi > lo).all()
+    v, lo, hi = laws.predict("lr_opt", np.array([1.35e23, 7.13e23, 6.4e24]))
+    assert np.allclose(v, [3.36e-4, 2.61e-4, 1.86e-4], rtol=0.01)  # docs/DESIGN.md: mini / flash / 1T
+    # the interval is the engine's: percentiles of the law over its bootstrap draws
+    draws = np.array(
+        [
+            [a * c**b for c in (1.35e23, 7.13e23, 6.4e24)]
+            for a, b in zip([1.1, 1.15, 1.2, 1.16], [-0.16, -0.155, -0.15, -0.1525], strict=True)
+        ]
+    )
+    assert lo == pytest.approx(np.percentile(draws, 2.5, axis=0)) and (hi > lo).all()
 
 
 def test_leverage_law_matches_paper_claims(tmp_path) -> None:
@@ -43,19 +52,19 @@ def test_leverage_law_matches_paper_claims(tmp_path) -> None:
         "A_max": 5.28e16,
     }
     laws = _laws(tmp_path, {"leverage": {"form": "", "coefficients": coef}})
-    el, _, _ = analysis.predict(laws, "leverage", np.array([0.031]), np.array([12.0]), np.array([1e22]))
+    el, _, _ = laws.predict("leverage", (np.array([0.031]), np.array([12.0]), np.array([1e22])))
     assert el[0] > 7  # "EL > 7 at A = 3.1%, G = 12, C = 1e22"
     # hand evaluation of the formula
     inv_a_hat = 1 / (0.031 + 1 / (1 / 1.63e-2 - 1 / 5.28e16)) + 1 / 5.28e16
     expo = 1.23 - 7.61e-2 * 22 + 1.67e-2 * np.log2(12) ** 2 - 1.17e-1 * np.log2(12)
     assert el[0] == pytest.approx((1 / inv_a_hat) ** expo)
     G = np.linspace(2, 40, 400)
-    el_G, _, _ = analysis.predict(laws, "leverage", np.full_like(G, 0.031), G, np.full_like(G, 1e22))
+    el_G, _, _ = laws.predict("leverage", (np.full_like(G, 0.031), G, np.full_like(G, 1e22)))
     assert 8 <= G[np.argmax(el_G)] <= 16  # optimal granularity about 12
 
 
 def test_isoflop_parabola_vertex() -> None:
-    # two budgets, exact parabolas in ln N with vertices at N = 1e6 and 3e6
+    # two budgets, exact parabolas of log L in ln N with vertices at N = 1e6 and 3e6 (the engine's form)
     rows = []
     for C, n_star in ((1e15, 1e6), (1e16, 3e6)):
         for n in np.logspace(5, 7.5, 7):
@@ -65,7 +74,7 @@ def test_isoflop_parabola_vertex() -> None:
                     "params": n,
                     "tokens": C / (6 * n),
                     "state": "finished",
-                    "loss": 3.0 + 0.05 * (np.log(n) - np.log(n_star)) ** 2,
+                    "loss": 3.0 * np.exp(0.05 * (np.log(n) - np.log(n_star)) ** 2),
                 }
             )
     profiles = analysis.isoflop_profiles(pd.DataFrame(rows))
@@ -77,6 +86,7 @@ def test_isoflop_parabola_vertex() -> None:
 
 
 def test_near_optimal_band() -> None:
+    # budgets are grouped as the engine groups them: within 0.05 dex of the group's first run
     df = pd.DataFrame(
         {
             "compute": [1e15, 1.01e15, 1e15, 1e17, 1e17],
@@ -86,6 +96,13 @@ def test_near_optimal_band() -> None:
     )
     # 0.25% of 3.0 is 0.0075: 3.006 is in; of 2.0 it is 0.005: 2.006 is out
     assert analysis.near_optimal(df).tolist() == [True, True, False, True, False]
+
+
+def test_budgets_group_by_distance_to_the_first_run() -> None:
+    # 1e15, 1.08e15, 1.16e15: each step is < 0.05 dex, but the third is 0.064 dex from the first
+    df = pd.DataFrame({"compute": [1e15, 1.08e15, 1.16e15, np.nan]})
+    b = analysis.budgets(df)
+    assert b.iloc[0] == b.iloc[1] != b.iloc[2] and np.isnan(b.iloc[3])
 
 
 def test_residuals_split_in_fit_and_held_out(tmp_path) -> None:
@@ -116,11 +133,23 @@ def test_residuals_split_in_fit_and_held_out(tmp_path) -> None:
     assert res["in_fit"].tolist() == [True, False]
 
 
-def test_recommendation_falls_back_to_law_predictions(tmp_path) -> None:
+def test_recommendation_completes_a_partial_law_file_with_ling(tmp_path) -> None:
+    # a frontier alone: the recommender's laws come from ling, the frontier predicts the loss
     laws = _laws(tmp_path, {"frontier": {"form": "", "coefficients": {"E": 1.5, "A": 100.0, "alpha": 0.1}}})
     rec = analysis.recommendation(laws, 1e24)
-    assert "frontier" in rec.yaml_text and rec.filename.endswith(".yaml")
-    assert rec.summary["item"].tolist()[1] == "frontier"
+    assert rec.ok and rec.filename.endswith(".yaml") and "optim:" in rec.yaml_text
+    assert "laws from the sweep: frontier; from ling: " in rec.note and "lr_opt" in rec.note
+    items = dict(zip(rec.summary["item"], rec.summary["value"], strict=True))
+    assert "(frontier)" in items["predicted loss"]
+
+
+def test_recommendation_refused_beyond_the_extrapolation_limit(tmp_path) -> None:
+    entry = {"form": "", "coefficients": {"a": 1.0, "b": -0.15}, "notes": {"compute_range": [1e13, 1e15]}}
+    laws = _laws(tmp_path, {"lr_opt": entry})
+    rec = analysis.recommendation(laws, 6.4e24)
+    assert "all laws from ling: the sweep's largest run, C=1e+15, is 9.8 decades below the target" in rec.note
+    ling = analysis.recommendation(analysis.load_laws("ling"), 6.4e24)
+    assert rec.yaml_text == ling.yaml_text  # the refused law plays no part
 
 
 def test_bad_law_file(tmp_path) -> None:

@@ -1,12 +1,14 @@
 """The dashboard and the static report in a real headless chromium (Selenium): the page opens on its first
 tab, every tab draws its charts with the expected number of traces, hover shows a run's numbers, filters
-work, the token gate holds, the console has no errors; screenshots go to test-output/."""
+work, the token gate holds, the console has no errors, the recommendation is ``windtunnel recommend``'s;
+screenshots go to test-output/."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from selenium.webdriver.common.keys import Keys
 from test_app import EXPECTED_TRACES, TOKEN
 
 from dashboards.app import GRAPHS, TABS, create_app, serve_in_thread
@@ -105,3 +107,67 @@ def test_static_report_opens_offline(chromium, store: dict, tmp_path, output_dir
     assert _traces(chromium) == {f"g-{g}": n for g, n in EXPECTED_TRACES.items()}
     chromium.save_screenshot(str(output_dir / "report.png"))
     assert console_errors(chromium) == []
+
+
+NEAR_TARGET, FAR_TARGET = 1e20, 6.4e24  # 4.5 and 9.3 decades above the seeded runs' largest compute
+
+
+def _cli_recommend(capsys, laws: str, compute: float, out) -> tuple[list[str], list[str], str]:  # noqa: ANN001
+    """``windtunnel recommend``'s table lines, its note lines and the RunConfig YAML it writes."""
+    from windtunnel.cli import main
+
+    assert main(["recommend", "--laws", laws, "--compute", str(compute), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [ln for ln in lines[2:] if ln and not ln.startswith(("note: ", "wrote "))]
+    notes = [ln for ln in lines if ln.startswith("note: ")]
+    return table, notes, out.read_text()
+
+
+def _page_recommendation(driver) -> tuple[list[str], str, str]:  # noqa: ANN001
+    """The page's recommendation table as the CLI prints it (item column padded), its note and YAML."""
+    cells = [
+        [td.text for td in tr.find_elements("tag name", "td")]
+        for tr in driver.find_elements("css selector", "#rec-table tr")
+    ]
+    rows = [c for c in cells if c]
+    width = max(len(item) for item, _ in rows)
+    table = [f"{item.ljust(width)}  {value}" for item, value in rows]
+    return table, driver.find_element("id", "rec-note").text, driver.find_element("id", "rec-yaml").text
+
+
+def _wait_for_note(driver, text: str, timeout_s: float = 120.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while text not in driver.find_element("id", "rec-note").text:
+        assert time.monotonic() < deadline, driver.find_element("id", "rec-note").text
+        time.sleep(0.3)
+
+
+def test_recommendation_is_the_cli_recommendation(
+    chromium, store, quickstart_laws, tmp_path, capsys, output_dir
+) -> None:
+    """On the quickstart's laws (lr_opt, frontier), the page recommends what ``windtunnel recommend`` does:
+    completed with ling 4.5 decades above the runs, refused with the CLI's sentence 9.3 decades above."""
+    srv = serve_in_thread(create_app(store["uri"], quickstart_laws, refresh_s=30, target=NEAR_TARGET))
+    try:
+        chromium.get(f"http://127.0.0.1:{srv.server_port}/")
+        wait_for_graph_ids(chromium, _ids(TABS["overview"][1]))
+        table, notes, yaml_text = _cli_recommend(capsys, quickstart_laws, NEAR_TARGET, tmp_path / "near.yaml")
+        assert notes[0].startswith("note: laws from the sweep: lr_opt, frontier; from ling: batch_opt")
+        page_table, page_note, page_yaml = _page_recommendation(chromium)
+        assert page_table == table and page_note == " ".join(notes)
+        assert page_yaml.strip() == yaml_text.strip()
+        # a target too far for the quickstart's laws: refused on the page with the CLI's sentence
+        table, notes, yaml_text = _cli_recommend(capsys, quickstart_laws, FAR_TARGET, tmp_path / "far.yaml")
+        refusal = notes[0][len("note: ") :]
+        assert refusal.startswith("all laws from ling: the sweep's largest run, C=3.15e+15, is 9.3 decades")
+        target = chromium.find_element("id", "target")
+        target.send_keys(Keys.CONTROL, "a")
+        target.send_keys(f"{FAR_TARGET:g}", Keys.ENTER)
+        _wait_for_note(chromium, refusal)
+        page_table, page_note, page_yaml = _page_recommendation(chromium)
+        assert page_table == table and page_note == " ".join(notes)
+        assert page_yaml.strip() == yaml_text.strip()
+        chromium.save_screenshot(str(output_dir / "dashboard-recommendation-refused.png"))
+        assert console_errors(chromium) == []
+    finally:
+        srv.shutdown()
