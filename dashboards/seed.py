@@ -48,13 +48,126 @@ def _budgets(n: int) -> np.ndarray:
     return np.logspace(13.5, 15.5, n)
 
 
-def seed_store(tracking_uri: str, spec: SeedSpec = SeedSpec()) -> dict[str, object]:
-    """Create ``spec.experiment`` in ``tracking_uri`` with ``spec.n_runs`` child runs spread over the sweeps.
+N_BUDGETS = 4
 
-    Returns ``{"experiment_id", "parent_run_ids", "run_ids", "n_finished"}``. ``isoflop`` runs vary
-    size at fixed compute; runs of other sweeps vary lr and batch around the lr/batch laws.
-    """
+
+@dataclass(frozen=True)
+class SyntheticRun:
+    """One child run: its place in the sweep, its shape, its final loss and its state."""
+
+    sweep: str
+    family: str
+    compute: float
+    n_params: float
+    tokens: float
+    lr: float
+    batch: float
+    loss: float
+    status: str
+
+
+def _synthetic_run(spec: SeedSpec, i: int, rng: np.random.Generator) -> SyntheticRun:
+    """Run ``i``: ``isoflop`` runs vary size at fixed compute (a 5-size ladder per budget, tokens/params
+    2..200, Ling's lr/batch; dense, then MoE ladders); runs of other sweeps scatter lr x batch around the laws
+    at 20 tokens/parameter. The loss is the parametric law (MoE at ``MOE_LEVERAGE`` x compute) plus a
+    quadratic lr/batch penalty in log space and noise."""
+    budgets_C = _budgets(N_BUDGETS)
+    sweep = spec.sweeps[i % len(spec.sweeps)]
+    k = i // len(spec.sweeps)  # index of the run within its sweep
+    if sweep == "isoflop":
+        budget = (k // 5) % N_BUDGETS
+        family = "moe" if (k // (5 * N_BUDGETS)) % 2 else "dense"
+        compute = float(budgets_C[budget]) * float(rng.uniform(0.99, 1.01))
+        ratio = 10 ** (0.3 + 2.0 * (k % 5) / 4)
+        lr = LR_A * compute**LR_B
+        batch = BATCH_A * compute**BATCH_B
+    else:
+        family = "moe" if k % 3 == 2 else "dense"
+        compute = float(budgets_C[k % N_BUDGETS]) * float(rng.uniform(0.99, 1.01))
+        ratio = 20.0
+        lr = LR_A * compute**LR_B * 2 ** float(rng.uniform(-2.5, 2.5))
+        batch = BATCH_A * compute**BATCH_B * 2 ** float(rng.uniform(-2, 2))
+    n_params = math.sqrt(compute / (6 * ratio))
+    tokens = compute / (6 * n_params)
+    eff_C = compute * (MOE_LEVERAGE if family == "moe" else 1.0)
+    eff_N = math.sqrt(eff_C / (6 * ratio)) if family == "moe" else n_params
+    loss = float(parametric_loss(np.array(eff_N), np.array(tokens * eff_C / compute)))
+    loss += (
+        0.08 * math.log(lr / (LR_A * compute**LR_B)) ** 2
+        + 0.03 * math.log(batch / (BATCH_A * compute**BATCH_B)) ** 2
+    )
+    loss += float(rng.normal(0, 0.004))
+    status = "finished"
+    if i < spec.n_failed:
+        status = "failed"
+    elif i >= spec.n_runs - spec.n_running:
+        status = "running"
+    return SyntheticRun(sweep, family, compute, n_params, tokens, lr, batch, loss, status)
+
+
+def _log_run(
+    client, exp_id: str, parent_id: str, spec: SeedSpec, i: int, run: SyntheticRun, now_ms: int
+) -> str:  # noqa: ANN001
+    """Write ``run`` as the orchestrator does: tags, per-step histories, params, and the run-table row as
+    ``rt.*`` metrics when it finished. Returns its run id."""
     from mlflow.entities import Metric, Param, RunTag
+
+    created = client.create_run(
+        exp_id,
+        run_name=f"{run.sweep}-{i:04d}",
+        start_time=now_ms + i,
+        tags={
+            "mlflow.parentRunId": parent_id,
+            "sweep": run.sweep,
+            "family": run.family,
+            "status": run.status,
+            "config_hash": f"{spec.seed:04x}{i:012x}",
+        },
+    )
+    rid = created.info.run_id
+    n_steps = spec.n_steps if run.status != "running" else max(2, spec.n_steps // 2)
+    steps = np.arange(1, n_steps + 1)
+    curve = run.loss + 3.0 / (1 + steps * 4.0 / spec.n_steps) ** 1.5
+    warm = max(1, spec.n_steps // 10)
+    ts = now_ms + i
+    metrics = [Metric("loss", float(v), ts, int(s)) for s, v in zip(steps, curve, strict=True)]
+    metrics += [Metric("lr", float(run.lr * min(1.0, s / warm)), ts, int(s)) for s in steps]
+    metrics += [
+        Metric("val_loss", float(v + 0.01), ts, int(s))
+        for s, v in zip(steps, curve, strict=True)
+        if s % 5 == 0
+    ]
+    # params: a few flattened RunConfig fields, as TrialLogger logs the whole config
+    params = {"optim.lr": run.lr, "optim.tokens": int(run.tokens), "model.family": run.family}
+    client.log_batch(
+        rid,
+        metrics=metrics,
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag("windtunnel.role", "trial")],
+    )
+    if run.status == "finished":  # the run-table row as rt.* metrics, as TrialLogger.finish logs it
+        n_active = int(run.n_params)
+        row = {
+            "params": n_active,
+            "n_total": int(run.n_params * (4 if run.family == "moe" else 1)),
+            "n_active": n_active,
+            "m": 6.0 * n_active,
+            "tokens": int(run.tokens),
+            "compute": run.compute,
+            "lr": run.lr,
+            "batch_tokens": int(run.batch),
+            "loss": run.loss,
+        }
+        client.log_batch(rid, metrics=[Metric(f"rt.{k}", float(v), ts, 0) for k, v in row.items()])
+        client.set_terminated(rid, "FINISHED")
+    elif run.status == "failed":
+        client.set_terminated(rid, "FAILED")
+    return rid
+
+
+def seed_store(tracking_uri: str, spec: SeedSpec = SeedSpec()) -> dict[str, object]:
+    """Create ``spec.experiment`` in ``tracking_uri`` with ``spec.n_runs`` child runs spread over the sweeps
+    (``_synthetic_run``). Returns ``{"experiment_id", "parent_run_ids", "run_ids", "n_finished"}``."""
     from mlflow.tracking import MlflowClient
 
     rng = np.random.default_rng(spec.seed)
@@ -68,97 +181,12 @@ def seed_store(tracking_uri: str, spec: SeedSpec = SeedSpec()) -> dict[str, obje
         )
         parents[sweep] = parent.info.run_id
     run_ids: list[str] = []
-    n_budgets = 4
-    budgets_C = _budgets(n_budgets)
-    now_ms = int(time.time() * 1000)
     n_finished = 0
+    now_ms = int(time.time() * 1000)
     for i in range(spec.n_runs):
-        sweep = spec.sweeps[i % len(spec.sweeps)]
-        k = i // len(spec.sweeps)  # index of the run within its sweep
-        if sweep == "isoflop":
-            # a 5-size ladder per budget (tokens/params 2..200, Ling's lr/batch); dense, then MoE ladders
-            budget = (k // 5) % n_budgets
-            family = "moe" if (k // (5 * n_budgets)) % 2 else "dense"
-            compute = float(budgets_C[budget]) * float(rng.uniform(0.99, 1.01))
-            ratio = 10 ** (0.3 + 2.0 * (k % 5) / 4)
-            n_params = math.sqrt(compute / (6 * ratio))
-            lr = LR_A * compute**LR_B
-            batch = BATCH_A * compute**BATCH_B
-        else:
-            # lr x batch scatter around the laws at 20 tokens/parameter
-            family = "moe" if k % 3 == 2 else "dense"
-            compute = float(budgets_C[k % n_budgets]) * float(rng.uniform(0.99, 1.01))
-            ratio = 20.0
-            n_params = math.sqrt(compute / (6 * ratio))
-            lr = LR_A * compute**LR_B * 2 ** float(rng.uniform(-2.5, 2.5))
-            batch = BATCH_A * compute**BATCH_B * 2 ** float(rng.uniform(-2, 2))
-        tokens = compute / (6 * n_params)
-        eff_C = compute * (MOE_LEVERAGE if family == "moe" else 1.0)
-        eff_N = math.sqrt(eff_C / (6 * ratio)) if family == "moe" else n_params
-        loss = float(parametric_loss(np.array(eff_N), np.array(tokens * eff_C / compute)))
-        loss += (
-            0.08 * math.log(lr / (LR_A * compute**LR_B)) ** 2
-            + 0.03 * math.log(batch / (BATCH_A * compute**BATCH_B)) ** 2
-        )
-        loss += float(rng.normal(0, 0.004))
-        status = "finished"
-        if i < spec.n_failed:
-            status = "failed"
-        elif i >= spec.n_runs - spec.n_running:
-            status = "running"
-        n_active = int(n_params)
-        n_total = int(n_params * (4 if family == "moe" else 1))
-        run = client.create_run(
-            exp_id,
-            run_name=f"{sweep}-{i:04d}",
-            start_time=now_ms + i,
-            tags={
-                "mlflow.parentRunId": parents[sweep],
-                "sweep": sweep,
-                "family": family,
-                "status": status,
-                "config_hash": f"{spec.seed:04x}{i:012x}",
-            },
-        )
-        rid = run.info.run_id
-        run_ids.append(rid)
-        n_steps = spec.n_steps if status != "running" else max(2, spec.n_steps // 2)
-        steps = np.arange(1, n_steps + 1)
-        curve = loss + 3.0 / (1 + steps * 4.0 / spec.n_steps) ** 1.5
-        warm = max(1, spec.n_steps // 10)
-        ts = now_ms + i
-        metrics = [Metric("loss", float(v), ts, int(s)) for s, v in zip(steps, curve, strict=True)]
-        metrics += [Metric("lr", float(lr * min(1.0, s / warm)), ts, int(s)) for s in steps]
-        metrics += [
-            Metric("val_loss", float(v + 0.01), ts, int(s))
-            for s, v in zip(steps, curve, strict=True)
-            if s % 5 == 0
-        ]
-        # params: a few flattened RunConfig fields, as TrialLogger logs the whole config
-        params = {"optim.lr": lr, "optim.tokens": int(tokens), "model.family": family}
-        client.log_batch(
-            rid,
-            metrics=metrics,
-            params=[Param(k, str(v)) for k, v in params.items()],
-            tags=[RunTag("windtunnel.role", "trial")],
-        )
-        if status == "finished":  # the run-table row as rt.* metrics, as TrialLogger.finish logs it
-            row = {
-                "params": n_active,
-                "n_total": n_total,
-                "n_active": n_active,
-                "m": 6.0 * n_active,
-                "tokens": int(tokens),
-                "compute": compute,
-                "lr": lr,
-                "batch_tokens": int(batch),
-                "loss": loss,
-            }
-            client.log_batch(rid, metrics=[Metric(f"rt.{k}", float(v), ts, 0) for k, v in row.items()])
-            client.set_terminated(rid, "FINISHED")
-            n_finished += 1
-        elif status == "failed":
-            client.set_terminated(rid, "FAILED")
+        run = _synthetic_run(spec, i, rng)
+        run_ids.append(_log_run(client, exp_id, parents[run.sweep], spec, i, run, now_ms))
+        n_finished += run.status == "finished"
     for sweep in spec.sweeps:
         if spec.n_running == 0:
             client.set_terminated(parents[sweep], "FINISHED")
@@ -171,11 +199,11 @@ def seed_store(tracking_uri: str, spec: SeedSpec = SeedSpec()) -> dict[str, obje
 
 
 def write_true_laws(path: str | Path, run_ids: list[str] | None = None) -> Path:
-    """Write a laws.json (DESIGN.md format) with the generating coefficients of the synthetic store.
+    """Write a laws.json (docs/DESIGN.md "Law file") with the generating coefficients of the synthetic store.
 
     Allocation of the Chinchilla form (Hoffmann 2022, eq. 4): N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b with
     a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)). The frontier and
-    leverage entries are Ling's published values (DESIGN.md); intervals are +-5% boxes for display tests.
+    leverage entries are Ling's published values (docs/DESIGN.md); intervals are +-5% boxes for display tests.
     """
     a_exp = TRUE_BETA / (TRUE_ALPHA + TRUE_BETA)
     b_exp = TRUE_ALPHA / (TRUE_ALPHA + TRUE_BETA)

@@ -198,8 +198,8 @@ def test_each_tab_is_built_lazily(store: dict) -> None:
     assert seen == EXPECTED_TRACES
 
 
-def test_single_page_old_path_still_selectable(store: dict) -> None:
-    """The former layout (all charts on one page, store read with MLflow's client) for comparison."""
+def test_single_page_mlflow_reader_selectable(store: dict) -> None:
+    """All charts on one page, the store read with MLflow's client: selectable for comparison."""
     app = create_app(store["uri"], store["laws"], reader="mlflow", single_page=True)
     layout = app.server.test_client().get("/_dash-layout").get_data(as_text=True)
     assert all(f'"g-{g}"' in layout for g in GRAPHS)
@@ -297,3 +297,11 @@ def test_figures_from_law_engine_fit(store: dict, tmp_path) -> None:
     assert band.fill == "toself" and max(band.y) > min(band.y)
     preds = analysis.law_predictions(laws, 6.4e24)
     assert (preds["lo95"] <= preds["value"]).all() and (preds["value"] <= preds["hi95"]).all()
+
+
+def test_dashboard_refuses_a_missing_store_without_creating_it(tmp_path, capsys) -> None:
+    from windtunnel.cli import main
+
+    db = tmp_path / "none.db"
+    assert main(["dashboard", "--tracking-uri", f"sqlite:///{db}"]) == 2
+    assert f"no MLflow store at {db}" in capsys.readouterr().err and not db.exists()

@@ -33,8 +33,9 @@ def test_run_table_from_store(store: dict) -> None:
 
 
 def test_run_table_agrees_with_orchestrator_reader(store: dict) -> None:
-    tracking = pytest.importorskip("windtunnel.orchestrator.tracking")
-    theirs = tracking.runs_from_mlflow(store["uri"], store["experiment"]).set_index("run_id")
+    from windtunnel.orchestrator.tracking import runs_from_mlflow
+
+    theirs = runs_from_mlflow(store["uri"], store["experiment"]).set_index("run_id")
     ours = load_sweeps(store["uri"], store["experiment"]).runs.set_index("run_id")
     done = ours[ours["state"] == "finished"].index
     for col in ("params", "tokens", "compute", "lr", "batch_tokens", "loss"):

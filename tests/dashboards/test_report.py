@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from windtunnel.cli import main
 
@@ -40,3 +41,31 @@ def test_report_unknown_experiment(store: dict, tmp_path) -> None:
     assert (
         main(["report", "--experiment", "nope", "--out", str(tmp_path), "--tracking-uri", store["uri"]]) == 2
     )
+
+
+def test_report_in_an_empty_folder_creates_no_store(tmp_path) -> None:
+    """A read-only command: no mlflow.db appears, MLflow prints nothing, one line says why (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    cmd = [sys.executable, "-m", "windtunnel", "report", "--experiment", "nope", "--out", "rep"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("windtunnel report: error: --tracking-uri: no MLflow store at mlflow.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_fitting_its_own_laws_leaves_no_temporary_file(store: dict, tmp_path) -> None:
+    import tempfile
+
+    from dashboards.report import write_report
+
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob("windtunnel-report-laws-*"))
+    out = write_report(store["uri"], store["experiment"], tmp_path / "rep")
+    assert "laws fitted now" in out["laws"] and out["html"].exists()
+    assert set(tmp.glob("windtunnel-report-laws-*")) == before
