@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from windtunnel.laws.builtin import ling_laws
+
 # generating coefficients (Chinchilla-like; Hoffmann et al. 2022 Table A3 "approach 3" rounded)
 TRUE_E, TRUE_A, TRUE_B, TRUE_ALPHA, TRUE_BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 LR_A, LR_B = 1.1576, -0.1529
@@ -202,8 +204,9 @@ def write_true_laws(path: str | Path, run_ids: list[str] | None = None) -> Path:
     """Write a laws.json (docs/DESIGN.md "Law file") with the generating coefficients of the synthetic store.
 
     Allocation of the Chinchilla form (Hoffmann 2022, eq. 4): N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b with
-    a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)). The frontier and
-    leverage entries are Ling's published values (docs/DESIGN.md); intervals are +-5% boxes for display tests.
+    a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)). The frontier is
+    the loss along that allocation; the leverage entry is Ling's published law (docs/DESIGN.md). ci95 are +-5%
+    boxes; without bootstrap samples the law engine gives these laws zero-width intervals.
     """
     a_exp = TRUE_BETA / (TRUE_ALPHA + TRUE_BETA)
     b_exp = TRUE_ALPHA / (TRUE_ALPHA + TRUE_BETA)
@@ -225,6 +228,7 @@ def write_true_laws(path: str | Path, run_ids: list[str] | None = None) -> Path:
             "backtest": {},
         }
 
+    ling = ling_laws()["leverage"]  # the published EL law (docs/DESIGN.md "Published laws to reproduce")
     laws = {
         "parametric": law(
             "L = E + A/params^alpha + B/tokens^beta",
@@ -236,17 +240,7 @@ def write_true_laws(path: str | Path, run_ids: list[str] | None = None) -> Path:
         "d_opt": law("tokens = a*C^b", {"a": 6**-b_exp / g, "b": b_exp}),
         "m_opt": law("m = a*C^b", {"a": 6 * g * 6**-a_exp, "b": a_exp}),
         "frontier": law("L = E + A*C^-alpha", {"E": TRUE_E, "A": k_front, "alpha": alpha_front}),
-        "leverage": law(
-            "EL = A_hat^(alpha + gamma (log2 G)^2 + beta log2 G)",
-            {
-                "a": 1.23,
-                "d": -7.61e-2,
-                "gamma": 1.67e-2,
-                "beta": -1.17e-1,
-                "A_start": 1.63e-2,
-                "A_max": 5.28e16,
-            },
-        ),
+        "leverage": law(ling.form, dict(ling.coefficients)),
     }
     path = Path(path)
     path.write_text(json.dumps({"laws": laws}, indent=1))
