@@ -7,7 +7,8 @@ quickstart sweep fits ``lr_opt`` and ``frontier`` only. The policy:
 1. Degenerate laws (``notes.degenerate``: a hyper-parameter law whose optima the sweep did not identify) are
    not extrapolated: they are dropped.
 2. The set is extrapolated at most ``max_decades`` decades of compute beyond the largest run it was fitted on
-   (``fitted_compute_max``: the ``compute_range`` note the law engine writes on every fitted law). The Ling
+   (``fitted_compute_max``: the ``compute_range`` note the law engine writes on every fitted law; a file
+   without it is not checked, and the notes say so). The Ling
    report extrapolates its laws about 4 decades (sweeps up to ~1e20-1e21 FLOPs, Ling-1T at 6.4e24 FLOPs;
    Ling 2.0, arXiv 2510.22115, and "Towards Greater Leverage", arXiv 2507.17702); a CPU sweep lies ~10-13
    decades below that target. Beyond the limit the set's laws are refused (``refusal``: one sentence that
@@ -115,7 +116,8 @@ def recommend_with_policy(
     degenerate = [n for n, law in lawset.laws.items() if law.notes.get("degenerate")]
     own = [n for n in lawset.laws if n not in degenerate]
     c_max = fitted_compute_max(lawset) if fitted_max_compute is None else float(fitted_max_compute)
-    if lawset.name == FALLBACK_LAWS:  # the published set is the reference: nothing to complete or refuse
+    published = lawset.name == FALLBACK_LAWS  # the reference set: nothing to complete, check or refuse
+    if published:
         own, degenerate, c_max = list(lawset.laws), [], math.nan
     decades = _decades(float(target.compute), c_max) if target.compute is not None else math.nan
     refused = bool(own) and decades > max_decades
@@ -131,10 +133,12 @@ def recommend_with_policy(
     notes = []
     if refused:
         notes.append(_refusal(c_max, decades, max_decades))
-    elif borrowed and lawset.name != FALLBACK_LAWS:
+    elif borrowed and not published:
         why = f", degenerate here: {', '.join(degenerate)}" if degenerate else ""
         mine = ", ".join(used) or "none"
         notes.append(f"laws from the sweep: {mine}; from {FALLBACK_LAWS}: {', '.join(borrowed)}{why}")
+    if used and not published and math.isnan(c_max):
+        notes.append("the law file does not record the compute it was fitted on: extrapolation not checked")
     if used and decades > FAR_DECADES:
         notes.append(f"the sweep's laws are extrapolated {decades:.1f} decades beyond its largest run")
     return PolicyRecommendation(
