@@ -17,10 +17,13 @@ checkpoint every --save-interval steps; the merge of the last ``merge_window`` c
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig
+from windtunnel.recommend.layout import vocab_divisor
 
 
 def hf_config(run_cfg: RunConfig) -> dict[str, Any]:
@@ -154,7 +157,7 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--seq-length", m.seq_len)
     add("--max-position-embeddings", m.seq_len)
     add("--vocab-size", m.vocab_size)
-    add("--make-vocab-size-divisible-by", 128)
+    add("--make-vocab-size-divisible-by", vocab_divisor(m.vocab_size, par.tp))
     add("--position-embedding-type", "rope")
     add("--rotary-base", m.rope_theta)
     add("--rotary-percent", m.rope_fraction)
@@ -233,22 +236,42 @@ def megatron_argv(run_cfg: RunConfig) -> list[str]:
 
 
 def megatron_text(run_cfg: RunConfig) -> str:
-    """One flag per line; no value contains a space, so ``pretrain_gpt.py $(cat OUT.megatron.args)`` works."""
-    lines = [flag if value is None else f"{flag} {value}" for flag, value in megatron_args(run_cfg)]
-    return "\n".join(lines) + "\n"
+    """One argument per line, each quoted for a POSIX shell (``shlex.quote``: ``'[0,1,1]'`` stays one word).
+
+    Use: ``xargs -a OUT.megatron.args torchrun ... pretrain_gpt.py`` or, in bash,
+    ``eval "args=($(cat OUT.megatron.args))"; torchrun ... pretrain_gpt.py "${args[@]}"``.
+    """
+    return "".join(shlex.quote(arg) + "\n" for arg in megatron_argv(run_cfg))
+
+
+HF_CONFIG_CLASS = Path(__file__).parent / "hf" / "configuration_bailing_moe_v2.py"
+
+
+def write_hf_folder(run_cfg: RunConfig, out_dir: Path) -> Path:
+    """A Hugging Face model folder: config.json plus the ``BailingMoeV2Config`` class its ``auto_map`` names.
+
+    ``transformers.AutoConfig.from_pretrained(out_dir, trust_remote_code=True)`` loads it offline.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(hf_config(run_cfg), indent=2) + "\n")
+    shutil.copyfile(HF_CONFIG_CLASS, out_dir / HF_CONFIG_CLASS.name)
+    return out_dir
 
 
 def write_exports(run_cfg: RunConfig, out_yaml: Path) -> dict[str, Path]:
-    """Write OUT.yaml, OUT.hf_config.json and OUT.megatron.args; returns their paths."""
+    """Write OUT.yaml, the folder OUT.hf/ (config.json + its config class) and OUT.megatron.args."""
     out_yaml = Path(out_yaml)
     out_yaml.parent.mkdir(parents=True, exist_ok=True)
     stem = out_yaml.with_suffix("")
+    hf_dir = Path(f"{stem}.hf")
     paths = {
         "config": out_yaml,
-        "hf_config": Path(f"{stem}.hf_config.json"),
+        "hf_dir": hf_dir,
+        "hf_config": hf_dir / "config.json",
         "megatron_args": Path(f"{stem}.megatron.args"),
     }
     run_cfg.to_yaml(paths["config"])
-    paths["hf_config"].write_text(json.dumps(hf_config(run_cfg), indent=2) + "\n")
+    write_hf_folder(run_cfg, hf_dir)
     paths["megatron_args"].write_text(megatron_text(run_cfg))
     return paths
