@@ -59,7 +59,6 @@ def hf_config(run_cfg: RunConfig) -> dict[str, Any]:
         "initializer_range": m.init_std,
         "max_position_embeddings": m.seq_len,
         "rope_theta": m.rope_theta,
-        "rope_scaling": None,
         "partial_rotary_factor": m.rope_fraction,
         "use_qk_norm": m.qk_norm,
         "max_window_layers": m.n_layers,

@@ -34,7 +34,6 @@ class BailingMoeV2Config(PretrainedConfig):
         initializer_range=0.006,
         max_position_embeddings=4096,
         rope_theta=10000.0,
-        rope_scaling=None,
         partial_rotary_factor=0.5,
         use_qk_norm=True,
         max_window_layers=20,
@@ -73,7 +72,6 @@ class BailingMoeV2Config(PretrainedConfig):
         self.initializer_range = initializer_range
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
-        self.rope_scaling = rope_scaling
         self.partial_rotary_factor = partial_rotary_factor
         self.use_qk_norm = use_qk_norm
         self.max_window_layers = max_window_layers
