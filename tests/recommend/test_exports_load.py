@@ -102,3 +102,13 @@ def test_args_file_reads_verbatim_in_bash_and_xargs(tmp_path):
         ["xargs", "-a", str(path), "printf", "%s\\n"], capture_output=True, text=True, check=True
     )
     assert got.stdout.splitlines() == megatron_argv(cfg)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments" / "results").glob("*/recommended.yaml")), ids=str
+)
+def test_committed_recommendations_load(path):
+    cfg = RunConfig.from_yaml(path)
+    assert_megatron_accepts(cfg, path.with_suffix(".megatron.args"))
+    assert_transformers_loads(cfg, path.with_suffix(".hf"))
+    assert megatron_argv(cfg) == read_args(path.with_suffix(".megatron.args")), "regenerate the exports"

@@ -234,6 +234,8 @@ def main(args: argparse.Namespace) -> int:
     summary = dict(rec.summary)
     summary["laws"] = str(args.laws)
     if args.out is not None:
+        if args.out.suffix not in (".yaml", ".yml"):  # --out r writes r.yaml, r.hf/, r.megatron.args
+            args.out = args.out.with_name(args.out.name + ".yaml")
         paths = write_exports(rec.run_config, args.out)
         summary["files"] = {k: str(v) for k, v in paths.items()}
     if args.scale_down is not None:
