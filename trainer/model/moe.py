@@ -28,8 +28,9 @@ def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_mm(x_SD: torch.Tensor, w_EDF: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor | None:
-    """``GROUPED_MM`` (F.grouped_mm), or None where it cannot run: no kernel for this device/dtype (remembered), or
-    row strides that are not multiples of 16 bytes (the kernel requires it; checked per call)."""
+    """``GROUPED_MM`` (F.grouped_mm), or None where it cannot run: no kernel for this device/dtype
+    (remembered), or row strides that are not multiples of 16 bytes (the kernel requires it; checked
+    per call)."""
     key = (x_SD.device.type, x_SD.dtype)
     if _GROUPED_MM_OK.get(key) is False or GROUPED_MM is None:
         return None
