@@ -1,6 +1,6 @@
-"""Export a RunConfig as a Hugging Face ``config.json`` (BailingMoeV2 field names) and Megatron-LM arguments.
+"""Export a RunConfig as a Hugging Face folder (``trainer.export``) and Megatron-LM arguments.
 
-Field names follow the BailingMoeV2 configuration class of the Ling 2.0 release (``BailingMoeV2Config``:
+HF field names follow the BailingMoeV2 configuration class of the Ling 2.0 release (``BailingMoeV2Config``:
 num_experts, num_shared_experts, num_experts_per_tok, n_group, topk_group, moe_intermediate_size,
 first_k_dense_replace, routed_scaling_factor, score_function, partial_rotary_factor, use_qk_norm, head_dim,
 num_key_value_heads, num_nextn_predict_layers, mtp_loss_scaling_factor, moe_router_enable_expert_bias ...).
@@ -16,92 +16,13 @@ checkpoint every --save-interval steps; the merge of the last ``merge_window`` c
 
 from __future__ import annotations
 
-import json
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig
+from trainer.export import hf_config, write_hf_folder
 from windtunnel.recommend.layout import vocab_divisor
-
-
-def hf_config(run_cfg: RunConfig) -> dict[str, Any]:
-    """A ``config.json`` dict for ``BailingMoeV2ForCausalLM`` describing ``run_cfg.model``.
-
-    A dense model is written as BailingMoeV2 with every layer dense (first_k_dense_replace = layers).
-    """
-    m = run_cfg.model
-    moe = m.moe
-    cfg: dict[str, Any] = {
-        "architectures": ["BailingMoeV2ForCausalLM"],
-        "model_type": "bailing_moe_v2",
-        "auto_map": {
-            "AutoConfig": "configuration_bailing_moe_v2.BailingMoeV2Config",
-            "AutoModel": "modeling_bailing_moe_v2.BailingMoeV2Model",
-            "AutoModelForCausalLM": "modeling_bailing_moe_v2.BailingMoeV2ForCausalLM",
-        },
-        "vocab_size": m.vocab_size,
-        "hidden_size": m.d_model,
-        "intermediate_size": m.d_ffn,
-        "num_hidden_layers": m.n_layers,
-        "num_attention_heads": m.n_heads,
-        "num_key_value_heads": m.n_kv_heads,
-        "head_dim": m.head_dim_,
-        "hidden_act": "silu",
-        "use_qkv_bias": False,
-        "use_bias": False,
-        "rms_norm_eps": m.norm_eps,
-        "tie_word_embeddings": m.tie_embeddings,
-        "embedding_dropout": 0.0,
-        "attention_dropout": 0.0,
-        "output_dropout": 0.0,
-        "initializer_range": m.init_std,
-        "max_position_embeddings": m.seq_len,
-        "rope_theta": m.rope_theta,
-        "partial_rotary_factor": m.rope_fraction,
-        "use_qk_norm": m.qk_norm,
-        "max_window_layers": m.n_layers,
-        "num_nextn_predict_layers": m.n_mtp_layers,
-        "mtp_loss_scaling_factor": m.mtp_loss_weight if m.n_mtp_layers else 0.0,
-        "use_cache": True,
-        "output_router_logits": False,
-        "torch_dtype": "bfloat16",
-    }
-    if moe is not None:
-        cfg.update(
-            {
-                "num_experts": moe.n_experts,
-                "num_shared_experts": moe.n_shared_experts,
-                "num_experts_per_tok": moe.top_k,
-                "n_group": moe.n_groups,
-                "topk_group": moe.topk_groups,
-                "moe_intermediate_size": moe.d_expert,
-                "first_k_dense_replace": moe.n_dense_layers,
-                "routed_scaling_factor": moe.route_scale,
-                "score_function": moe.score_func,
-                "norm_topk_prob": moe.norm_topk,
-                "moe_router_enable_expert_bias": moe.balance == "bias",
-                "router_dtype": "fp32",
-            }
-        )
-    else:
-        cfg.update(
-            {
-                "num_experts": 0,
-                "num_shared_experts": 0,
-                "num_experts_per_tok": 0,
-                "n_group": 1,
-                "topk_group": 1,
-                "moe_intermediate_size": m.d_ffn,
-                "first_k_dense_replace": m.n_layers,
-                "routed_scaling_factor": 1.0,
-                "score_function": "sigmoid",
-                "norm_topk_prob": True,
-                "moe_router_enable_expert_bias": False,
-            }
-        )
-    return cfg
 
 
 def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
@@ -243,21 +164,6 @@ def megatron_text(run_cfg: RunConfig) -> str:
     return "".join(shlex.quote(arg) + "\n" for arg in megatron_argv(run_cfg))
 
 
-HF_CONFIG_CLASS = Path(__file__).parent / "hf" / "configuration_bailing_moe_v2.py"
-
-
-def write_hf_folder(run_cfg: RunConfig, out_dir: Path) -> Path:
-    """A Hugging Face model folder: config.json plus the ``BailingMoeV2Config`` class its ``auto_map`` names.
-
-    ``transformers.AutoConfig.from_pretrained(out_dir, trust_remote_code=True)`` loads it offline.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(hf_config(run_cfg), indent=2) + "\n")
-    shutil.copyfile(HF_CONFIG_CLASS, out_dir / HF_CONFIG_CLASS.name)
-    return out_dir
-
-
 def write_exports(run_cfg: RunConfig, out_yaml: Path) -> dict[str, Path]:
     """Write OUT.yaml, the folder OUT.hf/ (config.json + its config class) and OUT.megatron.args."""
     out_yaml = Path(out_yaml)
@@ -274,3 +180,6 @@ def write_exports(run_cfg: RunConfig, out_yaml: Path) -> dict[str, Path]:
     write_hf_folder(run_cfg, hf_dir)
     paths["megatron_args"].write_text(megatron_text(run_cfg))
     return paths
+
+
+__all__ = ["hf_config", "megatron_args", "megatron_argv", "megatron_text", "write_exports", "write_hf_folder"]
