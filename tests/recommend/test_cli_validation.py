@@ -76,7 +76,7 @@ def test_version_and_help_show_defaults():
 
 def test_too_few_gpus_says_how_many_would_do():
     rc, _, err = run_cli("--laws", "ling", "--compute", "1e26")
-    assert_one_line_error(rc, err, "GPUs (tp=")
+    assert_one_line_error(rc, err, "GPUs of 80 GB (tp=")
 
 
 def _laws_file(tmp_path: Path, edit) -> Path:

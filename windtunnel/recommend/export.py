@@ -20,21 +20,24 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
+from trainer.config import ModelConfig, RunConfig
 from trainer.export import hf_config, write_hf_folder
 from windtunnel.recommend.layout import vocab_divisor
 
+Args = list[tuple[str, str | None]]
 
-def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
-    """Megatron-LM ``pretrain_gpt.py`` arguments as (flag, value or None for a switch), in Ling-V2's order."""
-    m, o, s, p, par = run_cfg.model, run_cfg.optim, run_cfg.schedule, run_cfg.precision, run_cfg.parallel
-    steps = run_cfg.steps
-    args: list[tuple[str, str | None]] = []
 
+def _adder(args: Args):
     def add(flag: str, value: Any = None) -> None:
         args.append((flag, None if value is None else _fmt(value)))
 
-    moe = m.moe
+    return add
+
+
+def _moe_args(m: ModelConfig) -> Args:
+    """Ling's MoE flags: experts, router (sigmoid, expert bias, groups), dense first layers, MTP."""
+    args: Args = []
+    add, moe = _adder(args), m.moe
     if moe is not None:
         layer_freq = "[" + ",".join("0" if i < moe.n_dense_layers else "1" for i in range(m.n_layers)) + "]"
         add("--num-experts", moe.n_experts)
@@ -50,12 +53,9 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
         add("--moe-router-topk-scaling-factor", moe.route_scale)
         add("--moe-router-num-groups", moe.n_groups)
         add("--moe-router-group-topk", moe.topk_groups)
-        if moe.seq_aux_loss_coef > 0:
-            add("--moe-router-load-balancing-type", "seq_aux_loss")
-            add("--moe-aux-loss-coeff", moe.seq_aux_loss_coef)
-        else:
-            add("--moe-router-load-balancing-type", "none")
-            add("--moe-aux-loss-coeff", 0)
+        seq_aux = moe.seq_aux_loss_coef > 0
+        add("--moe-router-load-balancing-type", "seq_aux_loss" if seq_aux else "none")
+        add("--moe-aux-loss-coeff", moe.seq_aux_loss_coef if seq_aux else 0)
         if moe.z_loss_coef > 0:
             add("--moe-z-loss-coeff", moe.z_loss_coef)
         add("--moe-router-dtype", "fp32")
@@ -64,7 +64,12 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     if m.n_mtp_layers:
         add("--mtp-num-layers", m.n_mtp_layers)
         add("--mtp-loss-scaling-factor", m.mtp_loss_weight)
+    return args
 
+
+def _model_args(m: ModelConfig, tp: int) -> Args:
+    args: Args = []
+    add = _adder(args)
     add("--num-layers", m.n_layers)
     add("--hidden-size", m.d_model)
     add("--ffn-hidden-size", m.d_ffn)
@@ -77,7 +82,7 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--seq-length", m.seq_len)
     add("--max-position-embeddings", m.seq_len)
     add("--vocab-size", m.vocab_size)
-    add("--make-vocab-size-divisible-by", vocab_divisor(m.vocab_size, par.tp))
+    add("--make-vocab-size-divisible-by", vocab_divisor(m.vocab_size, tp))
     add("--position-embedding-type", "rope")
     add("--rotary-base", m.rope_theta)
     add("--rotary-percent", m.rope_fraction)
@@ -90,7 +95,14 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--attention-dropout", 0)
     add("--hidden-dropout", 0)
     add("--init-method-std", m.init_std)
+    return args
 
+
+def _training_args(run_cfg: RunConfig) -> Args:
+    """Batch, steps, LR schedule (WSM = constant after warmup, merged offline), AdamW, precision."""
+    o, s, p, par, steps = run_cfg.optim, run_cfg.schedule, run_cfg.precision, run_cfg.parallel, run_cfg.steps
+    args: Args = []
+    add = _adder(args)
     add("--micro-batch-size", max(1, (o.micro_batch_size or o.batch_size) // par.dp))
     add("--global-batch-size", o.batch_size)
     add("--train-iters", steps)
@@ -117,7 +129,13 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     if p.dtype == "fp8":
         add("--fp8-format", "e4m3")
         add("--fp8-recipe", "blockwise")
+    return args
 
+
+def _parallel_args(run_cfg: RunConfig) -> Args:
+    par, s, steps = run_cfg.parallel, run_cfg.schedule, run_cfg.steps
+    args: Args = []
+    add = _adder(args)
     add("--tensor-model-parallel-size", par.tp)
     add("--pipeline-model-parallel-size", par.pp)
     add("--expert-model-parallel-size", par.ep)
@@ -135,6 +153,16 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--eval-interval", run_cfg.eval_interval)
     add("--log-interval", run_cfg.log_interval)
     return args
+
+
+def megatron_args(run_cfg: RunConfig) -> Args:
+    """Megatron-LM ``pretrain_gpt.py`` arguments as (flag, value or None for a switch), in Ling-V2's order."""
+    return [
+        *_moe_args(run_cfg.model),
+        *_model_args(run_cfg.model, run_cfg.parallel.tp),
+        *_training_args(run_cfg),
+        *_parallel_args(run_cfg),
+    ]
 
 
 def _fmt(value: Any) -> str:
