@@ -32,6 +32,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# help for options several subcommands share, used where a subcommand's own module gives none
+SHARED_HELP: dict[str, str] = {
+    "--tracking-uri": "MLflow tracking store: sqlite:///PATH.db or http://HOST:PORT",
+    "--experiment": "MLflow experiment name (a sweep's name)",
+    "--bootstrap": "bootstrap resamples for the 95%% intervals",
+    "--seed": "random seed",
+    "--port": "TCP port to serve on",
+    "--out": "output path",
+}
+
+
+def fill_help(parser: argparse.ArgumentParser) -> None:
+    """Give each option without help text the shared one for its flag (the formatter shows defaults)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings:
+            action.help = next((SHARED_HELP[f] for f in action.option_strings if f in SHARED_HELP), None)
+
+
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, no traceback, exit code 2."""
 
@@ -67,6 +85,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         if name == wanted:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
+            fill_help(p)
             modules[name] = module
     return parser, modules
 
