@@ -23,9 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from trainer.config import (
     ModelConfig,
@@ -35,6 +33,17 @@ from trainer.config import (
     ScheduleConfig,
 )
 from windtunnel.recommend.feasibility import diagnose, layout_error
+from windtunnel.recommend.law_values import (
+    LawSetLike,
+    compute_for_size,
+    has_law,
+    law_name,
+    leverage,
+    predict_positive,
+    predicted_loss,
+    require_laws,
+    size_target,
+)
 from windtunnel.recommend.layout import (
     Layout,
     choose_layout,
@@ -43,12 +52,6 @@ from windtunnel.recommend.layout import (
 from windtunnel.recommend.search import Candidate, enumerate_candidates, make_candidate
 from windtunnel.recommend.summary import summary_dict
 from windtunnel.recommend.targets import Constraints, RecommendError, Target
-
-
-class LawSetLike(Protocol):
-    laws: dict[str, Any]
-
-    def predict(self, name: str, x: Any) -> tuple[float, float, float]: ...
 
 
 @dataclass(frozen=True)
@@ -97,106 +100,6 @@ class Recommendation:
 MAX_WARMUP_STEPS = 2000
 MAX_LAYOUT_TRIES = 40
 WARMUP_SHARE = 0.01
-
-
-# ---- law helpers ---------------------------------------------------------------------------------------
-def _has(lawset: LawSetLike, name: str) -> bool:
-    return name in lawset.laws
-
-
-def _predict(lawset: LawSetLike, name: str, x: Any) -> tuple[float, float, float]:
-    """(value, lo95, hi95) of a law; RecommendError when the value is not a finite positive number."""
-    with np.errstate(all="ignore"):
-        value, lo, hi = (float(v) for v in lawset.predict(name, x))
-    if not (math.isfinite(value) and value > 0):
-        at = f"{x:.3g}" if isinstance(x, float) else str(x)
-        raise RecommendError(f"law {name!r} predicts {value:.3g} at {at}: not a usable positive value")
-    return value, lo, hi
-
-
-def _require(lawset: LawSetLike, names: tuple[str, ...], why: str) -> None:
-    missing = [n for n in names if not _has(lawset, n)]
-    if missing:
-        have = ", ".join(sorted(lawset.laws)) or "none"
-        raise RecommendError(f"the law set lacks {', '.join(missing)} ({why}); it has: {have}")
-
-
-def _law_name(lawset: LawSetLike, name: str, family: str) -> str:
-    """``m_opt`` etc. for MoE; for a dense family the ``*_dense`` variant when the set has one."""
-    if family == "dense" and _has(lawset, f"{name}_dense"):
-        return f"{name}_dense"
-    return name
-
-
-def size_target(
-    lawset: LawSetLike, compute: float, family: str = "moe"
-) -> tuple[str, float, dict[str, float]]:
-    """(metric, target value, report) of the compute-optimal size at C from the allocation laws.
-
-    m_opt: M_opt = a·C^b; else d_opt: M_opt = C / D_opt(C); else params_opt: N_opt = a·C^b.
-    """
-    m_law, d_law, n_law = (_law_name(lawset, n, family) for n in ("m_opt", "d_opt", "params_opt"))
-    report: dict[str, Any] = {}
-    if _has(lawset, d_law):
-        d, d_lo, d_hi = _predict(lawset, d_law, compute)
-        report.update(d_opt=d, d_opt_lo=d_lo, d_opt_hi=d_hi)
-    if _has(lawset, m_law):
-        m, lo, hi = _predict(lawset, m_law, compute)
-        return "m", m, {"m_opt": m, "m_opt_lo": lo, "m_opt_hi": hi, "allocation_law": m_law, **report}
-    if _has(lawset, d_law):
-        m = compute / report["d_opt"]
-        lo, hi = compute / report["d_opt_hi"], compute / report["d_opt_lo"]
-        return "m", m, {"m_opt": m, "m_opt_lo": lo, "m_opt_hi": hi, "allocation_law": d_law, **report}
-    if _has(lawset, n_law):
-        n, lo, hi = _predict(lawset, n_law, compute)
-        return (
-            "params",
-            n,
-            {"params_opt": n, "params_opt_lo": lo, "params_opt_hi": hi, "allocation_law": n_law},
-        )
-    _require(lawset, ("m_opt",), "a compute target needs an allocation law: m_opt, d_opt or params_opt")
-    raise AssertionError("unreachable")
-
-
-def compute_for_size(lawset: LawSetLike, m: float, family: str = "moe") -> float:
-    """Invert the allocation law: the C whose optimal M is ``m``.
-
-    m_opt: M = a·C^b → C = (M/a)^(1/b); d_opt: C/M = a·C^b → C = (a·M)^(1/(1−b)).
-    """
-    m_law, d_law = _law_name(lawset, "m_opt", family), _law_name(lawset, "d_opt", family)
-    if _has(lawset, m_law):
-        co = lawset.laws[m_law].coefficients
-        return (m / co["a"]) ** (1.0 / co["b"])
-    if _has(lawset, d_law):
-        co = lawset.laws[d_law].coefficients
-        return (co["a"] * m) ** (1.0 / (1.0 - co["b"]))
-    raise RecommendError("a total-parameter target needs m_opt or d_opt in the law set to find its compute")
-
-
-def leverage(lawset: LawSetLike, cand: Candidate, compute: float) -> tuple[float, float, float] | None:
-    """EL against dense at equal loss: 1 for a dense model; None when the law set has no ``leverage`` law."""
-    if cand.model.moe is None:
-        return (1.0, 1.0, 1.0)
-    if not _has(lawset, "leverage"):
-        return None
-    with np.errstate(all="ignore"):
-        value, lo, hi = lawset.predict("leverage", (cand.activation_ratio, cand.granularity, compute))
-    return float(value), float(lo), float(hi)
-
-
-def predicted_loss(lawset: LawSetLike, cand: Candidate, tokens: float, compute: float) -> dict[str, Any]:
-    if _has(lawset, "parametric"):
-        v, lo, hi = _predict(lawset, "parametric", (float(cand.counts.active_nonembed), float(tokens)))
-        return {
-            "predicted_loss": v,
-            "predicted_loss_lo": lo,
-            "predicted_loss_hi": hi,
-            "loss_law": "parametric",
-        }
-    if _has(lawset, "frontier"):
-        v, lo, hi = _predict(lawset, "frontier", compute)
-        return {"predicted_loss": v, "predicted_loss_lo": lo, "predicted_loss_hi": hi, "loss_law": "frontier"}
-    return {"predicted_loss": None, "predicted_loss_lo": None, "predicted_loss_hi": None, "loss_law": "n/a"}
 
 
 # ---- choosing among candidates -------------------------------------------------------------------------
@@ -341,7 +244,9 @@ def _options(
     if base is not None:
         fixed = make_candidate(base.model)
         family = fixed.model.family
-        has_alloc = any(_has(lawset, _law_name(lawset, n, family)) for n in ("m_opt", "d_opt", "params_opt"))
+        has_alloc = any(
+            has_law(lawset, law_name(lawset, n, family)) for n in ("m_opt", "d_opt", "params_opt")
+        )
         return [Option(fixed, fixed.flops_per_token * float(target.tokens), None if has_alloc else {})]
     families = _families(c)
     if target.kind == "compute":
@@ -379,8 +284,8 @@ def _draft(lawset: LawSetLike, opt: Option, target: Target, c: Constraints, base
     tokens = (
         float(target.tokens) if target.tokens is not None else opt.compute / opt.candidate.flops_per_token
     )
-    lr = Interval(*_predict(lawset, "lr_opt", opt.compute))
-    bt = Interval(*_predict(lawset, "batch_opt", opt.compute))
+    lr = Interval(*predict_positive(lawset, "lr_opt", opt.compute))
+    bt = Interval(*predict_positive(lawset, "batch_opt", opt.compute))
     n_tokens = max(1, int(tokens))
     try:
         if base is not None:
@@ -453,7 +358,7 @@ def _run_config(placed: Placed, c: Constraints, base: RunConfig | None) -> tuple
 def recommend(lawset: LawSetLike, target: Target, constraints: Constraints | None = None) -> Recommendation:
     """Recommend a compute-optimal run: architecture, tokens, LR, batch, WSM schedule, layout, predictions."""
     c = constraints or Constraints()
-    _require(lawset, ("lr_opt", "batch_opt"), "peak LR and batch come from them")
+    require_laws(lawset, ("lr_opt", "batch_opt"), "peak LR and batch come from them")
     base = _base_config(target)
     el_at = _leverage_cache(lawset)
     placed = _place(lawset, _options(lawset, target, c, base, el_at), target, c, base)
