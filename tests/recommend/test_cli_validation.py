@@ -140,12 +140,16 @@ FLAGS = [
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
-    compute=st.one_of(st.floats(1e21, 3e25).map(lambda c: f"{c:.3g}"), NUMBER),
+    target=st.one_of(
+        st.tuples(st.just("--compute"), st.floats(1e21, 3e25).map(lambda c: f"{c:.3g}")),
+        st.tuples(st.just("--total-params"), st.floats(5e10, 3e12).map(lambda n: f"{n:.3g}")),
+        st.tuples(st.sampled_from(["--compute", "--total-params"]), NUMBER),
+    ),
     extra=st.lists(st.tuples(st.sampled_from(FLAGS), NUMBER), max_size=2, unique_by=lambda t: t[0]),
 )
-def test_fuzz_recommend_arguments(tmp_path_factory, compute, extra):
+def test_fuzz_recommend_arguments(tmp_path_factory, target, extra):
     out = tmp_path_factory.mktemp("fuzz") / "r.yaml"
-    argv = ["--laws", "ling", "--compute", compute, "--out", str(out)]
+    argv = ["--laws", "ling", *target, "--out", str(out)]
     for flag, value in extra:
         argv += [flag, value]
     rc, _, err = run_cli(*argv)
