@@ -7,21 +7,12 @@ autotuning there would only benchmark Python. On a GPU the configs are Hopper-or
 
 from __future__ import annotations
 
-import os
-
-import torch
 import triton
 import triton.language as tl
 
+from kernels.interpret import is_interpret, triton_usable
 
-def is_interpret() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
-
-
-def triton_usable(t: torch.Tensor) -> bool:
-    """Whether a Triton kernel can run on this tensor: a CUDA tensor, or any tensor under the interpreter."""
-    return t.is_cuda or is_interpret()
+__all__ = ["is_interpret", "triton_usable"]
 
 
 def gemm_configs(tune_block_k: bool) -> list[triton.Config]:

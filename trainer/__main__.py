@@ -3,6 +3,7 @@
     python -m trainer --config CFG.yaml [--dry-run] [--json] [--workdir DIR] [--set k=v ...] [--no-resume]
                       [--threads N]
     python -m trainer merge --checkpoints DIR [--shape mean] [--window 8] --out merged.pt
+    python -m trainer export --checkpoint CKPT.pt --config CFG.yaml --out DIR [--dtype bf16]
 
 A config error prints one line ``error: field: problem`` and exits with status 2.
 """
@@ -19,6 +20,11 @@ import yaml
 
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DataError
+
+SUBCOMMANDS = """subcommands (each with its own --help):
+  python -m trainer merge --checkpoints DIR --out merged.pt     WSM merge of checkpoints
+  python -m trainer export --checkpoint CKPT --config CFG --out DIR
+      a Hugging Face folder: config.json + model.safetensors"""
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -112,8 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         mp = argparse.ArgumentParser(prog="python -m trainer merge", description="WSM checkpoint merge")
         add_merge_arguments(mp)
         return merge_main(mp.parse_args(argv[1:]))
+    if argv and argv[0] == "export":
+        from trainer.export import add_export_arguments, export_main
 
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+        ep = argparse.ArgumentParser(
+            prog="python -m trainer export",
+            description="write a checkpoint as a Hugging Face folder: config.json + model.safetensors",
+        )
+        add_export_arguments(ep)
+        return export_main(ep.parse_args(argv[1:]))
+
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description=__doc__.splitlines()[0],
+        epilog=SUBCOMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument(
         "--dry-run", action="store_true", help="build on the meta device, print params/FLOPs/memory"

@@ -94,11 +94,15 @@ def verify_checkpoint(path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (checksum verified unless ``verify=False``)."""
+    """Load a checkpoint written by ``save_checkpoint`` (checksum verified unless ``verify=False``).
+
+    A checkpoint holds only tensors and plain data (``rng_state`` stores NumPy's state as a tensor), so it
+    loads with ``weights_only=True``: no code runs from the file.
+    """
     if verify:
         verify_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or garbled file
         raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
 
@@ -122,9 +126,11 @@ def list_step_files(folder: str | Path) -> list[Path]:
 
 
 def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain data (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -134,7 +140,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -166,7 +166,7 @@ def _segments(group_sizes_E: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 def _triton_align(block: int) -> int:
-    from kernels._triton_utils import is_interpret
+    from kernels.interpret import is_interpret
 
     return max(block, 32 if is_interpret() else 128)
 

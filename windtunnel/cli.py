@@ -1,14 +1,24 @@
-"""The ``windtunnel`` command line: a thin dispatcher.
+"""The ``windtunnel`` command line.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
 modules are imported lazily so ``windtunnel schema`` does not pay for importing torch, Ray and MLflow.
+Every usage error is one line on stderr and exit code 2 (``OneLineParser``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+from typing import NoReturn
+
+DESCRIPTION = (
+    "A scaling-law wind tunnel for LLM pre-training: run sweeps of small dense and MoE models on Ray "
+    "(logged to MLflow), fit Ling-style scaling laws with uncertainty, and recommend a compute-optimal "
+    "config at a target budget (1e22-1e26 FLOPs) that the trainer, Megatron-LM and Hugging Face load. "
+    "Start with: windtunnel run experiments/quickstart.yaml"
+)
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,21 +32,60 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# help for options several subcommands share, used where a subcommand's own module gives none
+SHARED_HELP: dict[str, str] = {
+    "--tracking-uri": "MLflow tracking store: sqlite:///PATH.db or http://HOST:PORT",
+    "--experiment": "MLflow experiment name (a sweep's name)",
+    "--bootstrap": "bootstrap resamples for the 95%% intervals",
+    "--seed": "random seed",
+    "--port": "TCP port to serve on",
+    "--out": "output path",
+}
+
+
+def fill_help(parser: argparse.ArgumentParser) -> None:
+    """Give each option without help text the shared one for its flag (the formatter shows defaults)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings:
+            action.help = next((SHARED_HELP[f] for f in action.option_strings if f in SHARED_HELP), None)
+
+
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, no traceback, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``PROG: error: argument --flag: why``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("windtunnel")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="windtunnel", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = OneLineParser(prog="windtunnel", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"windtunnel {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     modules: dict[str, object] = {}
     wanted = sys.argv[1] if len(sys.argv) > 1 else None
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         # only import the module of the command being run (keeps `--help` and `schema` fast)
         if name == wanted:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
+            fill_help(p)
             modules[name] = module
     return parser, modules
 

@@ -28,7 +28,7 @@ def test_quickstart_like_laws_borrow_from_ling_and_write_a_loadable_config(tmp_p
     assert "from ling: " in line and "not possible" not in line, line
     cfg = RunConfig.from_yaml(tmp_path / "recommended.yaml")
     assert cfg.optim.lr > 0 and cfg.model.moe is not None
-    assert (tmp_path / "recommended.hf_config.json").exists()
+    assert (tmp_path / "recommended.hf" / "config.json").exists()
 
 
 def _store_with_lr_runs(tmp_path, optimum_by_budget: dict[float, float]) -> tuple[str, str]:

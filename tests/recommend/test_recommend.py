@@ -142,7 +142,7 @@ def test_infeasible_memory_names_gpu_alternative():
         recommend(load_laws("ling"), Target(compute=6.4e24), Constraints(gpus=8))
     msg = str(info.value)
     assert "does not fit 8 GPUs of 80 GB" in msg and "conflicting: gpus and gpu_memory_gb" in msg
-    assert "nearest feasible: " in msg and " GPUs (tp=" in msg
+    assert "nearest feasible: " in msg and " GPUs of 80 GB (tp=" in msg
 
 
 def test_infeasible_fixed_layout_suggests_free_layout():

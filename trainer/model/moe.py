@@ -15,27 +15,30 @@ from torch import nn
 from trainer.config import ModelConfig, PrecisionConfig
 from trainer.model.layers import SwiGLU, swiglu
 
-# (device type, dtype) -> False once torch._grouped_mm has no kernel there (then the loop fallback runs).
+# the public F.grouped_mm where this torch has it, else the private op it wraps (torch < 2.10)
+GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+# (device type, dtype) -> False once the grouped GEMM has no kernel there (then the loop fallback runs).
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
 _FP8_WARNED = False
 
 
 def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
-    # torch._grouped_mm's CPU backward rejects expanded (stride-0) gradients, e.g. from ``.sum()``.
+    # the grouped GEMM's CPU backward rejects expanded (stride-0) gradients, e.g. from ``.sum()``.
     return grad.contiguous()
 
 
 def _grouped_mm(x_SD: torch.Tensor, w_EDF: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor | None:
-    """torch._grouped_mm, or None where it cannot run: no kernel for this device/dtype (remembered), or
-    row strides that are not multiples of 16 bytes (the kernel requires it; checked per call)."""
+    """``GROUPED_MM`` (F.grouped_mm), or None where it cannot run: no kernel for this device/dtype
+    (remembered), or row strides that are not multiples of 16 bytes (the kernel requires it; checked
+    per call)."""
     key = (x_SD.device.type, x_SD.dtype)
-    if _GROUPED_MM_OK.get(key) is False or not hasattr(torch, "_grouped_mm"):
+    if _GROUPED_MM_OK.get(key) is False or GROUPED_MM is None:
         return None
     align = 16 // x_SD.element_size()
     if x_SD.shape[1] % align or w_EDF.shape[2] % align or not w_EDF.is_contiguous():
         return None
     try:
-        y_SF = torch._grouped_mm(x_SD, w_EDF, offs=offs_E)
+        y_SF = GROUPED_MM(x_SD, w_EDF, offs=offs_E)
     except NotImplementedError:
         _GROUPED_MM_OK[key] = False
         return None
@@ -55,7 +58,7 @@ def expert_matmul(
     """Grouped GEMM y[s] = x[s] @ w[e(s)] for token-slots sorted by expert (rows of expert e contiguous,
     ``group_sizes_E[e]`` of them). Works for any (E, In, Out) stack, e.g. ``w_down_EFD`` too.
 
-    fp32/bf16: ``torch._grouped_mm`` where it runs (CPU in torch 2.13, and bf16 on recent GPUs), otherwise a
+    fp32/bf16: ``F.grouped_mm`` where it runs (CPU in torch 2.13, and bf16 on recent GPUs), otherwise a
     loop over experts on contiguous slices. fp8: delegated to ``trainer.fp8.fp8_expert_matmul(x_SD, w_EDF,
     group_sizes_E, block)`` — the FP8 hook; if that function does not exist the high-precision path runs
     (with a one-time warning).

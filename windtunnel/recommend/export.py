@@ -1,6 +1,6 @@
-"""Export a RunConfig as a Hugging Face ``config.json`` (BailingMoeV2 field names) and Megatron-LM arguments.
+"""Export a RunConfig as a Hugging Face folder (``trainer.export``) and Megatron-LM arguments.
 
-Field names follow the BailingMoeV2 configuration class of the Ling 2.0 release (``BailingMoeV2Config``:
+HF field names follow the BailingMoeV2 configuration class of the Ling 2.0 release (``BailingMoeV2Config``:
 num_experts, num_shared_experts, num_experts_per_tok, n_group, topk_group, moe_intermediate_size,
 first_k_dense_replace, routed_scaling_factor, score_function, partial_rotary_factor, use_qk_norm, head_dim,
 num_key_value_heads, num_nextn_predict_layers, mtp_loss_scaling_factor, moe_router_enable_expert_bias ...).
@@ -16,102 +16,28 @@ checkpoint every --save-interval steps; the merge of the last ``merge_window`` c
 
 from __future__ import annotations
 
-import json
+import shlex
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig
+from trainer.config import ModelConfig, RunConfig
+from trainer.export import hf_config, write_hf_folder
+from windtunnel.recommend.layout import vocab_divisor
+
+Args = list[tuple[str, str | None]]
 
 
-def hf_config(run_cfg: RunConfig) -> dict[str, Any]:
-    """A ``config.json`` dict for ``BailingMoeV2ForCausalLM`` describing ``run_cfg.model``.
-
-    A dense model is written as BailingMoeV2 with every layer dense (first_k_dense_replace = layers).
-    """
-    m = run_cfg.model
-    moe = m.moe
-    cfg: dict[str, Any] = {
-        "architectures": ["BailingMoeV2ForCausalLM"],
-        "model_type": "bailing_moe_v2",
-        "auto_map": {
-            "AutoConfig": "configuration_bailing_moe_v2.BailingMoeV2Config",
-            "AutoModel": "modeling_bailing_moe_v2.BailingMoeV2Model",
-            "AutoModelForCausalLM": "modeling_bailing_moe_v2.BailingMoeV2ForCausalLM",
-        },
-        "vocab_size": m.vocab_size,
-        "hidden_size": m.d_model,
-        "intermediate_size": m.d_ffn,
-        "num_hidden_layers": m.n_layers,
-        "num_attention_heads": m.n_heads,
-        "num_key_value_heads": m.n_kv_heads,
-        "head_dim": m.head_dim_,
-        "hidden_act": "silu",
-        "use_qkv_bias": False,
-        "use_bias": False,
-        "rms_norm_eps": m.norm_eps,
-        "tie_word_embeddings": m.tie_embeddings,
-        "embedding_dropout": 0.0,
-        "attention_dropout": 0.0,
-        "output_dropout": 0.0,
-        "initializer_range": m.init_std,
-        "max_position_embeddings": m.seq_len,
-        "rope_theta": m.rope_theta,
-        "rope_scaling": None,
-        "partial_rotary_factor": m.rope_fraction,
-        "use_qk_norm": m.qk_norm,
-        "max_window_layers": m.n_layers,
-        "num_nextn_predict_layers": m.n_mtp_layers,
-        "mtp_loss_scaling_factor": m.mtp_loss_weight if m.n_mtp_layers else 0.0,
-        "use_cache": True,
-        "output_router_logits": False,
-        "torch_dtype": "bfloat16",
-    }
-    if moe is not None:
-        cfg.update(
-            {
-                "num_experts": moe.n_experts,
-                "num_shared_experts": moe.n_shared_experts,
-                "num_experts_per_tok": moe.top_k,
-                "n_group": moe.n_groups,
-                "topk_group": moe.topk_groups,
-                "moe_intermediate_size": moe.d_expert,
-                "first_k_dense_replace": moe.n_dense_layers,
-                "routed_scaling_factor": moe.route_scale,
-                "score_function": moe.score_func,
-                "norm_topk_prob": moe.norm_topk,
-                "moe_router_enable_expert_bias": moe.balance == "bias",
-                "router_dtype": "fp32",
-            }
-        )
-    else:
-        cfg.update(
-            {
-                "num_experts": 0,
-                "num_shared_experts": 0,
-                "num_experts_per_tok": 0,
-                "n_group": 1,
-                "topk_group": 1,
-                "moe_intermediate_size": m.d_ffn,
-                "first_k_dense_replace": m.n_layers,
-                "routed_scaling_factor": 1.0,
-                "score_function": "sigmoid",
-                "norm_topk_prob": True,
-                "moe_router_enable_expert_bias": False,
-            }
-        )
-    return cfg
-
-
-def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
-    """Megatron-LM ``pretrain_gpt.py`` arguments as (flag, value or None for a switch), in Ling-V2's order."""
-    m, o, s, p, par = run_cfg.model, run_cfg.optim, run_cfg.schedule, run_cfg.precision, run_cfg.parallel
-    steps = run_cfg.steps
-    args: list[tuple[str, str | None]] = []
-
+def _adder(args: Args):
     def add(flag: str, value: Any = None) -> None:
         args.append((flag, None if value is None else _fmt(value)))
 
-    moe = m.moe
+    return add
+
+
+def _moe_args(m: ModelConfig) -> Args:
+    """Ling's MoE flags: experts, router (sigmoid, expert bias, groups), dense first layers, MTP."""
+    args: Args = []
+    add, moe = _adder(args), m.moe
     if moe is not None:
         layer_freq = "[" + ",".join("0" if i < moe.n_dense_layers else "1" for i in range(m.n_layers)) + "]"
         add("--num-experts", moe.n_experts)
@@ -127,12 +53,9 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
         add("--moe-router-topk-scaling-factor", moe.route_scale)
         add("--moe-router-num-groups", moe.n_groups)
         add("--moe-router-group-topk", moe.topk_groups)
-        if moe.seq_aux_loss_coef > 0:
-            add("--moe-router-load-balancing-type", "seq_aux_loss")
-            add("--moe-aux-loss-coeff", moe.seq_aux_loss_coef)
-        else:
-            add("--moe-router-load-balancing-type", "none")
-            add("--moe-aux-loss-coeff", 0)
+        seq_aux = moe.seq_aux_loss_coef > 0
+        add("--moe-router-load-balancing-type", "seq_aux_loss" if seq_aux else "none")
+        add("--moe-aux-loss-coeff", moe.seq_aux_loss_coef if seq_aux else 0)
         if moe.z_loss_coef > 0:
             add("--moe-z-loss-coeff", moe.z_loss_coef)
         add("--moe-router-dtype", "fp32")
@@ -141,7 +64,12 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     if m.n_mtp_layers:
         add("--mtp-num-layers", m.n_mtp_layers)
         add("--mtp-loss-scaling-factor", m.mtp_loss_weight)
+    return args
 
+
+def _model_args(m: ModelConfig, tp: int) -> Args:
+    args: Args = []
+    add = _adder(args)
     add("--num-layers", m.n_layers)
     add("--hidden-size", m.d_model)
     add("--ffn-hidden-size", m.d_ffn)
@@ -154,7 +82,7 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--seq-length", m.seq_len)
     add("--max-position-embeddings", m.seq_len)
     add("--vocab-size", m.vocab_size)
-    add("--make-vocab-size-divisible-by", 128)
+    add("--make-vocab-size-divisible-by", vocab_divisor(m.vocab_size, tp))
     add("--position-embedding-type", "rope")
     add("--rotary-base", m.rope_theta)
     add("--rotary-percent", m.rope_fraction)
@@ -167,7 +95,14 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--attention-dropout", 0)
     add("--hidden-dropout", 0)
     add("--init-method-std", m.init_std)
+    return args
 
+
+def _training_args(run_cfg: RunConfig) -> Args:
+    """Batch, steps, LR schedule (WSM = constant after warmup, merged offline), AdamW, precision."""
+    o, s, p, par, steps = run_cfg.optim, run_cfg.schedule, run_cfg.precision, run_cfg.parallel, run_cfg.steps
+    args: Args = []
+    add = _adder(args)
     add("--micro-batch-size", max(1, (o.micro_batch_size or o.batch_size) // par.dp))
     add("--global-batch-size", o.batch_size)
     add("--train-iters", steps)
@@ -194,7 +129,13 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     if p.dtype == "fp8":
         add("--fp8-format", "e4m3")
         add("--fp8-recipe", "blockwise")
+    return args
 
+
+def _parallel_args(run_cfg: RunConfig) -> Args:
+    par, s, steps = run_cfg.parallel, run_cfg.schedule, run_cfg.steps
+    args: Args = []
+    add = _adder(args)
     add("--tensor-model-parallel-size", par.tp)
     add("--pipeline-model-parallel-size", par.pp)
     add("--expert-model-parallel-size", par.ep)
@@ -212,6 +153,16 @@ def megatron_args(run_cfg: RunConfig) -> list[tuple[str, str | None]]:
     add("--eval-interval", run_cfg.eval_interval)
     add("--log-interval", run_cfg.log_interval)
     return args
+
+
+def megatron_args(run_cfg: RunConfig) -> Args:
+    """Megatron-LM ``pretrain_gpt.py`` arguments as (flag, value or None for a switch), in Ling-V2's order."""
+    return [
+        *_moe_args(run_cfg.model),
+        *_model_args(run_cfg.model, run_cfg.parallel.tp),
+        *_training_args(run_cfg),
+        *_parallel_args(run_cfg),
+    ]
 
 
 def _fmt(value: Any) -> str:
@@ -233,22 +184,30 @@ def megatron_argv(run_cfg: RunConfig) -> list[str]:
 
 
 def megatron_text(run_cfg: RunConfig) -> str:
-    """One flag per line; no value contains a space, so ``pretrain_gpt.py $(cat OUT.megatron.args)`` works."""
-    lines = [flag if value is None else f"{flag} {value}" for flag, value in megatron_args(run_cfg)]
-    return "\n".join(lines) + "\n"
+    """One argument per line, each quoted for a POSIX shell (``shlex.quote``: ``'[0,1,1]'`` stays one word).
+
+    Use: ``xargs -a OUT.megatron.args torchrun ... pretrain_gpt.py`` or, in bash,
+    ``eval "args=($(cat OUT.megatron.args))"; torchrun ... pretrain_gpt.py "${args[@]}"``.
+    """
+    return "".join(shlex.quote(arg) + "\n" for arg in megatron_argv(run_cfg))
 
 
 def write_exports(run_cfg: RunConfig, out_yaml: Path) -> dict[str, Path]:
-    """Write OUT.yaml, OUT.hf_config.json and OUT.megatron.args; returns their paths."""
+    """Write OUT.yaml, the folder OUT.hf/ (config.json + its config class) and OUT.megatron.args."""
     out_yaml = Path(out_yaml)
     out_yaml.parent.mkdir(parents=True, exist_ok=True)
     stem = out_yaml.with_suffix("")
+    hf_dir = Path(f"{stem}.hf")
     paths = {
         "config": out_yaml,
-        "hf_config": Path(f"{stem}.hf_config.json"),
+        "hf_dir": hf_dir,
+        "hf_config": hf_dir / "config.json",
         "megatron_args": Path(f"{stem}.megatron.args"),
     }
     run_cfg.to_yaml(paths["config"])
-    paths["hf_config"].write_text(json.dumps(hf_config(run_cfg), indent=2) + "\n")
+    write_hf_folder(run_cfg, hf_dir)
     paths["megatron_args"].write_text(megatron_text(run_cfg))
     return paths
+
+
+__all__ = ["hf_config", "megatron_args", "megatron_argv", "megatron_text", "write_exports", "write_hf_folder"]

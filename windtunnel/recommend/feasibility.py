@@ -133,7 +133,8 @@ def layout_error(
         more, _ = choose_layout(run_cfg, gpus, c.gpu_memory_gb, sequences, free_layout)
         if more is not None:
             options.append(
-                f"{gpus} GPUs (tp={more.tp}, pp={more.pp}, ep={more.ep}: {more.memory['total']:.1f} GB/GPU)"
+                f"{gpus} GPUs of {c.gpu_memory_gb:g} GB (tp={more.tp}, pp={more.pp}, ep={more.ep}: "
+                f"{more.memory['total']:.1f} GB/GPU)"
             )
             break
     if free_least is not None:

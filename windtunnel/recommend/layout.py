@@ -6,6 +6,13 @@ accumulation). Memory comes from ``trainer.flops.memory_per_gpu``; a layout fits
 0.9 × ``gpu_memory_gb`` (headroom for fragmentation and communication buffers). Among fitting layouts the
 cheapest in communication wins: first one whose rounded batch is within 2 % of the law's, then smaller tp
 (tensor parallel crosses every layer), smaller pp (pipeline bubbles), smaller ep (all-to-all fan-out).
+
+A layout is offered only when Megatron-Core accepts it (``megatron_layout_errors``; the checks of
+``TransformerConfig.__post_init__`` and ``parallel_state.initialize_model_parallel`` in megatron-core 0.16):
+heads and KV heads (query groups: a multiple or a divisor of tp) by tp, the vocabulary by tp (so Megatron's
+padding to a multiple of ``make-vocab-size-divisible-by``·tp adds no rows), the decoder layers by pp (the
+``n_dense_layers`` dense layers are ordinary decoder layers of the first stage, ``--moe-layer-freq``; the MTP
+layers sit after the last stage and are not counted), the experts by ep and tp·dp by ep (expert tp = 1).
 """
 
 from __future__ import annotations
@@ -50,21 +57,45 @@ def evaluate(run_cfg: RunConfig, tp: int, pp: int, ep: int, dp: int, sequences: 
     return Layout(tp, pp, ep, dp, batch, memory_per_gpu(cfg))
 
 
-def layouts(model: ModelConfig, gpus: int, fixed: dict[str, int | None]) -> list[tuple[int, int, int, int]]:
-    """All (tp, pp, ep, dp) with tp·pp·dp = gpus that the model's shape admits and that match ``fixed``."""
+def megatron_layout_errors(model: ModelConfig, tp: int, pp: int, ep: int, dp: int) -> list[str]:
+    """Every Megatron-Core divisibility rule that (tp, pp, ep, dp) breaks for ``model``; [] when it loads."""
     n_experts = model.moe.n_experts if model.moe is not None else 1
+    rules = [
+        (model.n_heads % tp == 0, f"tp ({tp}) must divide the heads ({model.n_heads})"),
+        (
+            model.n_kv_heads % tp == 0 or tp % model.n_kv_heads == 0,
+            f"the KV heads ({model.n_kv_heads}) must be a multiple or divisor of tp ({tp})",
+        ),
+        (model.vocab_size % tp == 0, f"tp ({tp}) must divide the vocabulary ({model.vocab_size})"),
+        (model.n_layers % pp == 0, f"pp ({pp}) must divide the decoder layers ({model.n_layers})"),
+        (n_experts % ep == 0, f"ep ({ep}) must divide the experts ({n_experts})"),
+        ((tp * dp) % ep == 0, f"ep ({ep}) must divide tp·dp ({tp * dp})"),
+    ]
+    return [why for ok, why in rules if not ok]
+
+
+def vocab_divisor(vocab_size: int, tp: int) -> int:
+    """``--make-vocab-size-divisible-by``: the largest power of two ≤ 128 with vocab % (it·tp) = 0.
+
+    Megatron pads the vocabulary up to a multiple of this·tp; with it the padded size is the trainer's own.
+    """
+    d = 128
+    while d > 1 and vocab_size % (d * tp):
+        d //= 2
+    return d
+
+
+def layouts(model: ModelConfig, gpus: int, fixed: dict[str, int | None]) -> list[tuple[int, int, int, int]]:
+    """All (tp, pp, ep, dp) with tp·pp·dp = gpus that Megatron accepts for the model matching ``fixed``."""
     out = []
     for tp in [fixed["tp"]] if fixed.get("tp") else TP_CHOICES:
-        if model.n_heads % tp:
-            continue
         for pp in [fixed["pp"]] if fixed.get("pp") else PP_CHOICES:
-            if model.n_layers % pp or gpus % (tp * pp):
+            if gpus % (tp * pp):
                 continue
             dp = gpus // (tp * pp)
             for ep in [fixed["ep"]] if fixed.get("ep") else EP_CHOICES:
-                if n_experts % ep or (tp * dp) % ep:
-                    continue
-                out.append((tp, pp, ep, dp))
+                if not megatron_layout_errors(model, tp, pp, ep, dp):
+                    out.append((tp, pp, ep, dp))
     return out
 
 

@@ -21,8 +21,9 @@ GPU-hours = C / (peak FLOP/s · MFU) / 3600 with C = M·D (embeddings and head e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from trainer.config import (
     ModelConfig,
@@ -32,126 +33,73 @@ from trainer.config import (
     ScheduleConfig,
 )
 from windtunnel.recommend.feasibility import diagnose, layout_error
+from windtunnel.recommend.law_values import (
+    LawSetLike,
+    compute_for_size,
+    has_law,
+    law_name,
+    leverage,
+    predict_positive,
+    predicted_loss,
+    require_laws,
+    size_target,
+)
 from windtunnel.recommend.layout import (
     Layout,
     choose_layout,
     parallel_config,
 )
 from windtunnel.recommend.search import Candidate, enumerate_candidates, make_candidate
+from windtunnel.recommend.summary import summary_dict
 from windtunnel.recommend.targets import Constraints, RecommendError, Target
 
 
-class LawSetLike(Protocol):
-    laws: dict[str, Any]
+@dataclass(frozen=True)
+class Interval:
+    """A law's prediction and its 95 % interval."""
 
-    def predict(self, name: str, x: Any) -> tuple[float, float, float]: ...
+    value: float
+    lo: float
+    hi: float
 
 
 @dataclass
 class Recommendation:
+    """The recommended run (``run_config``) and the typed facts it was derived from.
+
+    ``summary`` is the flat, JSON-ready view of these fields that the CLI, the sweep summary and the
+    dashboard print.
+    """
+
     run_config: RunConfig
-    summary: dict[str, Any]
     candidate: Candidate
     layout: Layout
+    target_kind: str
+    compute: float
+    tokens: int
+    lr: Interval
+    batch_law: Interval
+    allocation: dict[str, Any]
+    schedule: dict[str, int]
+    loss: dict[str, Any]
+    leverage: Interval | None
+    constraints: Constraints
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_hours(self) -> float:
+        """GPU-hours = C / (peak FLOP/s · MFU) / 3600, C = M·D."""
+        c = self.constraints
+        return self.compute / (c.peak_tflops * 1e12 * c.mfu) / 3600.0
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summary_dict(self)
 
 
 MAX_WARMUP_STEPS = 2000
 MAX_LAYOUT_TRIES = 40
 WARMUP_SHARE = 0.01
-
-
-# ---- law helpers ---------------------------------------------------------------------------------------
-def _has(lawset: LawSetLike, name: str) -> bool:
-    return name in lawset.laws
-
-
-def _predict(lawset: LawSetLike, name: str, x: Any) -> tuple[float, float, float]:
-    value, lo, hi = lawset.predict(name, x)
-    return float(value), float(lo), float(hi)
-
-
-def _require(lawset: LawSetLike, names: tuple[str, ...], why: str) -> None:
-    missing = [n for n in names if not _has(lawset, n)]
-    if missing:
-        have = ", ".join(sorted(lawset.laws)) or "none"
-        raise RecommendError(f"the law set lacks {', '.join(missing)} ({why}); it has: {have}")
-
-
-def _law_name(lawset: LawSetLike, name: str, family: str) -> str:
-    """``m_opt`` etc. for MoE; for a dense family the ``*_dense`` variant when the set has one."""
-    if family == "dense" and _has(lawset, f"{name}_dense"):
-        return f"{name}_dense"
-    return name
-
-
-def size_target(
-    lawset: LawSetLike, compute: float, family: str = "moe"
-) -> tuple[str, float, dict[str, float]]:
-    """(metric, target value, report) of the compute-optimal size at C from the allocation laws.
-
-    m_opt: M_opt = a·C^b; else d_opt: M_opt = C / D_opt(C); else params_opt: N_opt = a·C^b.
-    """
-    m_law, d_law, n_law = (_law_name(lawset, n, family) for n in ("m_opt", "d_opt", "params_opt"))
-    report: dict[str, Any] = {}
-    if _has(lawset, d_law):
-        d, d_lo, d_hi = _predict(lawset, d_law, compute)
-        report.update(d_opt=d, d_opt_lo=d_lo, d_opt_hi=d_hi)
-    if _has(lawset, m_law):
-        m, lo, hi = _predict(lawset, m_law, compute)
-        return "m", m, {"m_opt": m, "m_opt_lo": lo, "m_opt_hi": hi, "allocation_law": m_law, **report}
-    if _has(lawset, d_law):
-        m = compute / report["d_opt"]
-        lo, hi = compute / report["d_opt_hi"], compute / report["d_opt_lo"]
-        return "m", m, {"m_opt": m, "m_opt_lo": lo, "m_opt_hi": hi, "allocation_law": d_law, **report}
-    if _has(lawset, n_law):
-        n, lo, hi = _predict(lawset, n_law, compute)
-        return (
-            "params",
-            n,
-            {"params_opt": n, "params_opt_lo": lo, "params_opt_hi": hi, "allocation_law": n_law},
-        )
-    _require(lawset, ("m_opt",), "a compute target needs an allocation law: m_opt, d_opt or params_opt")
-    raise AssertionError("unreachable")
-
-
-def compute_for_size(lawset: LawSetLike, m: float, family: str = "moe") -> float:
-    """Invert the allocation law: the C whose optimal M is ``m``.
-
-    m_opt: M = a·C^b → C = (M/a)^(1/b); d_opt: C/M = a·C^b → C = (a·M)^(1/(1−b)).
-    """
-    m_law, d_law = _law_name(lawset, "m_opt", family), _law_name(lawset, "d_opt", family)
-    if _has(lawset, m_law):
-        co = lawset.laws[m_law].coefficients
-        return (m / co["a"]) ** (1.0 / co["b"])
-    if _has(lawset, d_law):
-        co = lawset.laws[d_law].coefficients
-        return (co["a"] * m) ** (1.0 / (1.0 - co["b"]))
-    raise RecommendError("a total-parameter target needs m_opt or d_opt in the law set to find its compute")
-
-
-def leverage(lawset: LawSetLike, cand: Candidate, compute: float) -> tuple[float, float, float] | None:
-    """EL against dense at equal loss: 1 for a dense model; None when the law set has no ``leverage`` law."""
-    if cand.model.moe is None:
-        return (1.0, 1.0, 1.0)
-    if not _has(lawset, "leverage"):
-        return None
-    return _predict(lawset, "leverage", (cand.activation_ratio, cand.granularity, compute))
-
-
-def predicted_loss(lawset: LawSetLike, cand: Candidate, tokens: float, compute: float) -> dict[str, Any]:
-    if _has(lawset, "parametric"):
-        v, lo, hi = _predict(lawset, "parametric", (float(cand.counts.active_nonembed), float(tokens)))
-        return {
-            "predicted_loss": v,
-            "predicted_loss_lo": lo,
-            "predicted_loss_hi": hi,
-            "loss_law": "parametric",
-        }
-    if _has(lawset, "frontier"):
-        v, lo, hi = _predict(lawset, "frontier", compute)
-        return {"predicted_loss": v, "predicted_loss_lo": lo, "predicted_loss_hi": hi, "loss_law": "frontier"}
-    return {"predicted_loss": None, "predicted_loss_lo": None, "predicted_loss_hi": None, "loss_law": "n/a"}
 
 
 # ---- choosing among candidates -------------------------------------------------------------------------
@@ -244,209 +192,219 @@ def wsm_schedule(steps: int, c: Constraints) -> tuple[ScheduleConfig, dict[str, 
     return sched, {"warmup_steps": warmup, "checkpoint_interval": interval, "merge_window": c.merge_window}
 
 
-def recommend(lawset: LawSetLike, target: Target, constraints: Constraints | None = None) -> Recommendation:
-    """Recommend a compute-optimal run: architecture, tokens, LR, batch, WSM schedule, layout, predictions."""
-    c = constraints or Constraints()
-    _require(lawset, ("lr_opt", "batch_opt"), "peak LR and batch come from them")
-    notes: list[str] = []
-    base: RunConfig | None = None
-    el_cache: dict[tuple[float, float, float], tuple[float, float, float] | None] = {}
+@dataclass(frozen=True)
+class Option:
+    """A ranked candidate, the compute it is trained with, and its allocation report (None: compute later)."""
 
-    def el_at(cand: Candidate, compute: float) -> tuple[float, float, float] | None:
+    candidate: Candidate
+    compute: float
+    allocation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The first option a parallel layout fits, with the law values its draft config was built from."""
+
+    option: Option
+    tokens: float
+    lr: Interval
+    batch_law: Interval
+    draft: RunConfig
+    layout: Layout
+    skipped: int
+
+
+def _leverage_cache(lawset: LawSetLike) -> Callable[[Candidate, float], Interval | None]:
+    cache: dict[tuple[float, float, float], Interval | None] = {}
+
+    def el_at(cand: Candidate, compute: float) -> Interval | None:
         key = (round(cand.activation_ratio, 6), round(cand.granularity, 6), compute)
-        if key not in el_cache:
-            el_cache[key] = leverage(lawset, cand, compute)
-        return el_cache[key]
+        if key not in cache:
+            el = leverage(lawset, cand, compute)
+            cache[key] = Interval(*el) if el is not None else None
+        return cache[key]
 
-    # options: ranked (candidate, compute, allocation report or None = compute it later)
-    options: list[tuple[Candidate, float, dict[str, Any] | None]]
-    if target.kind == "model":
-        assert target.model_path is not None and target.tokens is not None
-        try:
-            base = RunConfig.from_yaml(target.model_path)
-        except ValueError as err:
-            raise RecommendError(str(err)) from None
+    return el_at
+
+
+def _base_config(target: Target) -> RunConfig | None:
+    if target.kind != "model":
+        return None
+    assert target.model_path is not None
+    try:
+        return RunConfig.from_yaml(target.model_path)
+    except (OSError, ValueError) as err:
+        raise RecommendError(f"--model {target.model_path}: {' '.join(str(err).split())}") from None
+
+
+def _options(
+    lawset: LawSetLike, target: Target, c: Constraints, base: RunConfig | None, el_at
+) -> list[Option]:
+    """The candidates to try, best first: the fixed model, or those near the compute or size target."""
+    if base is not None:
         fixed = make_candidate(base.model)
-        compute = fixed.flops_per_token * float(target.tokens)
         family = fixed.model.family
-        has_alloc = any(_has(lawset, _law_name(lawset, n, family)) for n in ("m_opt", "d_opt", "params_opt"))
-        options = [(fixed, compute, None if has_alloc else {})]
-    elif target.kind == "compute":
-        assert target.compute is not None
+        has_alloc = any(
+            has_law(lawset, law_name(lawset, n, family)) for n in ("m_opt", "d_opt", "params_opt")
+        )
+        return [Option(fixed, fixed.flops_per_token * float(target.tokens), None if has_alloc else {})]
+    families = _families(c)
+    if target.kind == "compute":
         compute = float(target.compute)
-        goals = {fam: size_target(lawset, compute, fam) for fam in _families(c)}
+        goals = {fam: size_target(lawset, compute, fam) for fam in families}
         cands = [
             x
-            for fam, cf in _families(c).items()
+            for fam, cf in families.items()
             for x in enumerate_candidates(*goals[fam][:2], cf, band=c.m_tolerance)
         ]
         if not cands:
             metric, goal, _ = next(iter(goals.values()))
             raise diagnose(metric, goal, c)
         ranked = rank(cands, lambda x: goals[x.model.family][:2], c, lambda x: _el_value(el_at(x, compute)))
-        options = [(x, compute, goals[x.model.family][2]) for x in ranked]
-    else:
-        assert target.total_params is not None
-        goal = float(target.total_params)
-        cands = [
-            x
-            for cf in _families(c).values()
-            for x in enumerate_candidates("total", goal, cf, band=c.m_tolerance)
-        ]
-        if not cands:
-            raise diagnose("total", goal, c)
+        return [Option(x, compute, goals[x.model.family][2]) for x in ranked]
+    goal = float(target.total_params)
+    cands = [
+        x for cf in families.values() for x in enumerate_candidates("total", goal, cf, band=c.m_tolerance)
+    ]
+    if not cands:
+        raise diagnose("total", goal, c)
 
-        def c_of(x: Candidate) -> float:
-            return compute_for_size(lawset, x.flops_per_token, x.model.family)
+    def c_of(x: Candidate) -> float:
+        return compute_for_size(lawset, x.flops_per_token, x.model.family)
 
-        # EL ranks A and G, so evaluate it at one compute (that of the closest candidate) for all
-        c_ref = c_of(min(cands, key=lambda x: abs(math.log(x.counts.total / goal))))
-        ranked = rank(cands, lambda x: ("total", goal), c, lambda x: _el_value(el_at(x, c_ref)))
-        options = [(x, c_of(x), None) for x in ranked]
+    # EL ranks A and G, so evaluate it at one compute (that of the closest candidate) for all
+    c_ref = c_of(min(cands, key=lambda x: abs(math.log(x.counts.total / goal))))
+    ranked = rank(cands, lambda x: ("total", goal), c, lambda x: _el_value(el_at(x, c_ref)))
+    return [Option(x, c_of(x), None) for x in ranked]
 
-    # the best-ranked candidate that some parallel layout fits (a prime layer count admits no pipeline split)
-    first_error: RecommendError | None = None
-    tried = 0
-    for cand, compute, report in options[:MAX_LAYOUT_TRIES]:  # noqa: B007 (the loop's last values are used)
-        model: ModelConfig = cand.model
-        tokens = float(target.tokens) if target.tokens is not None else compute / cand.flops_per_token
-        lr, lr_lo, lr_hi = _predict(lawset, "lr_opt", compute)
-        bt, bt_lo, bt_hi = _predict(lawset, "batch_opt", compute)
-        sequences = bt / model.seq_len
-        draft = RunConfig(
-            name=_name(target, compute),
-            model=model,
-            optim=OptimConfig(lr=lr, batch_size=max(1, round(sequences)), tokens=max(1, int(tokens))),
-            precision=PrecisionConfig(dtype=c.precision),
-        )
+
+def _draft(lawset: LawSetLike, opt: Option, target: Target, c: Constraints, base: RunConfig | None):
+    """(tokens, lr, batch law, draft RunConfig) of an option: D = C/M unless the target fixes it."""
+    model: ModelConfig = opt.candidate.model
+    tokens = (
+        float(target.tokens) if target.tokens is not None else opt.compute / opt.candidate.flops_per_token
+    )
+    lr = Interval(*predict_positive(lawset, "lr_opt", opt.compute))
+    bt = Interval(*predict_positive(lawset, "batch_opt", opt.compute))
+    n_tokens = max(1, int(tokens))
+    try:
         if base is not None:
-            optim = base.optim.model_copy(update={"lr": lr, "tokens": max(1, int(tokens))})
+            optim = base.optim.model_copy(update={"lr": lr.value, "tokens": n_tokens})
             draft = base.model_copy(update={"optim": optim})
-        fixed_layout = {"tp": c.tp, "pp": c.pp, "ep": c.ep}
+        else:
+            draft = RunConfig(
+                name=_name(target, opt.compute),
+                model=model,
+                optim=OptimConfig(
+                    lr=lr.value, batch_size=max(1, round(bt.value / model.seq_len)), tokens=n_tokens
+                ),
+                precision=PrecisionConfig(dtype=c.precision),
+            )
+    except ValueError as err:
+        raise RecommendError(
+            f"the laws give an unusable config at C = {opt.compute:.3g}: {_one_line(err)}"
+        ) from None
+    return tokens, lr, bt, draft
+
+
+def _place(lawset: LawSetLike, options: list[Option], target: Target, c: Constraints, base) -> Placed:
+    """The best-ranked option that some parallel layout fits (a prime layer count admits no pipeline split).
+
+    When none of the first ``MAX_LAYOUT_TRIES`` fits, the error describes the option that came closest
+    (least memory per GPU) and what would make it fit.
+    """
+    fixed_layout = {"tp": c.tp, "pp": c.pp, "ep": c.ep}
+    closest: tuple[float, RunConfig, float, Layout | None] | None = None
+    for tried, opt in enumerate(options[:MAX_LAYOUT_TRIES]):
+        tokens, lr, bt, draft = _draft(lawset, opt, target, c, base)
+        sequences = bt.value / opt.candidate.model.seq_len
         layout, least = choose_layout(draft, c.gpus, c.gpu_memory_gb, sequences, fixed_layout)
         if layout is not None:
-            break
-        tried += 1
-        if first_error is None:
-            first_error = layout_error(draft, c, sequences, least)
-    else:
-        assert first_error is not None
-        raise first_error
-    if tried:
-        notes.append(f"{tried} better-ranked architecture(s) had no parallel layout that fits; took the next")
-    if report is None:
-        report = size_target(lawset, compute, cand.model.family)[2]
+            return Placed(opt, tokens, lr, bt, draft, layout, tried)
+        need = least.memory["total"] if least is not None else math.inf
+        if closest is None or need < closest[0]:
+            closest = (need, draft, sequences, least)
+    assert closest is not None, "no option to place"
+    raise layout_error(closest[1], c, closest[2], closest[3])
 
-    batch = layout.batch_sequences
-    steps = max(1, int(tokens) // (batch * model.seq_len))
+
+def _run_config(placed: Placed, c: Constraints, base: RunConfig | None) -> tuple[RunConfig, dict[str, int]]:
+    """The final RunConfig: the draft with the layout's batch, the WSM schedule and the parallel layout."""
+    layout, model = placed.layout, placed.option.candidate.model
+    steps = max(1, int(placed.tokens) // (layout.batch_sequences * model.seq_len))
     sched, sched_report = wsm_schedule(steps, c)
     optim_fields = {
-        "lr": lr,
-        "batch_size": batch,
+        "lr": placed.lr.value,
+        "batch_size": layout.batch_sequences,
         "micro_batch_size": layout.dp,
-        "tokens": max(1, int(tokens)),
+        "tokens": max(1, int(placed.tokens)),
     }
     optim = base.optim.model_copy(update=optim_fields) if base is not None else OptimConfig(**optim_fields)
+    precision = base.precision if base is not None else PrecisionConfig(dtype=c.precision)
     run_cfg = RunConfig.from_dict(
         {
             **(base.model_dump(mode="json") if base is not None else {}),
-            "name": draft.name,
+            "name": placed.draft.name,
             "model": model.model_dump(mode="json"),
             "optim": optim.model_dump(mode="json"),
             "schedule": sched.model_dump(mode="json"),
-            "precision": (
-                base.precision if base is not None else PrecisionConfig(dtype=c.precision)
-            ).model_dump(mode="json"),
+            "precision": precision.model_dump(mode="json"),
             "parallel": parallel_config(layout, c.gpu_memory_gb).model_dump(mode="json"),
         }
     )
+    return run_cfg, {"steps": steps, **sched_report}
 
-    el = el_at(cand, compute)
-    loss = predicted_loss(lawset, cand, tokens, compute)
-    gpu_hours = compute / (c.peak_tflops * 1e12 * c.mfu) / 3600.0
+
+def recommend(lawset: LawSetLike, target: Target, constraints: Constraints | None = None) -> Recommendation:
+    """Recommend a compute-optimal run: architecture, tokens, LR, batch, WSM schedule, layout, predictions."""
+    c = constraints or Constraints()
+    require_laws(lawset, ("lr_opt", "batch_opt"), "peak LR and batch come from them")
+    base = _base_config(target)
+    el_at = _leverage_cache(lawset)
+    placed = _place(lawset, _options(lawset, target, c, base, el_at), target, c, base)
+    opt = placed.option
+    run_cfg, schedule = _run_config(placed, c, base)
+    notes: list[str] = []
+    if placed.skipped:
+        notes.append(
+            f"{placed.skipped} better-ranked architecture(s) had no parallel layout that fits; took the next"
+        )
+    el = el_at(opt.candidate, opt.compute)
+    loss = predicted_loss(lawset, opt.candidate, placed.tokens, opt.compute)
     if el is None:
         notes.append("the law set has no leverage law: EL n/a")
     if loss["loss_law"] == "n/a":
         notes.append("the law set has no loss law (parametric or frontier): predicted loss n/a")
-    m_opt = report.get("m_opt")
-    summary: dict[str, Any] = {
-        "name": run_cfg.name,
-        "target": target.kind,
-        "family": model.family,
-        "architecture": _arch(model),
-        "activation_ratio": cand.activation_ratio,
-        "granularity": cand.granularity,
-        "total_params": cand.counts.total,
-        "active_params": cand.counts.active,
-        "total_params_nonembed": cand.counts.total_nonembed,
-        "active_params_nonembed": cand.counts.active_nonembed,
-        "flops_per_token": cand.flops_per_token,
-        **report,
-        "m_rel_error": (cand.flops_per_token / m_opt - 1) if m_opt else None,
-        "tokens": int(tokens),
-        "tokens_per_param": tokens / cand.counts.active_nonembed,
-        "compute": compute,
-        "peak_lr": lr,
-        "peak_lr_lo": lr_lo,
-        "peak_lr_hi": lr_hi,
-        "batch_tokens": batch * model.seq_len,
-        "batch_sequences": batch,
-        "batch_tokens_law": bt,
-        "batch_tokens_law_lo": bt_lo,
-        "batch_tokens_law_hi": bt_hi,
-        "seq_len": model.seq_len,
-        "steps": steps,
-        **sched_report,
-        **loss,
-        "efficiency_leverage": el[0] if el else None,
-        "efficiency_leverage_lo": el[1] if el else None,
-        "efficiency_leverage_hi": el[2] if el else None,
-        "gpus": c.gpus,
-        "mfu": c.mfu,
-        "peak_tflops": c.peak_tflops,
-        "gpu_hours": gpu_hours,
-        "gpu_hours_basis": "C = M·D: non-embedding training FLOPs (embeddings, output head and MTP excluded)",
-        "days": gpu_hours / c.gpus / 24.0,
-        "parallel": {"tp": layout.tp, "pp": layout.pp, "ep": layout.ep, "dp": layout.dp},
-        "memory_per_gpu_gb": layout.memory["total"],
-        "memory_breakdown_gb": {k: layout.memory[k] for k in ("params", "grads", "optimizer", "activations")},
-        "gpu_memory_gb": c.gpu_memory_gb,
-        "precision": run_cfg.precision.dtype,
-        "notes": notes,
-    }
-    return Recommendation(run_config=run_cfg, summary=summary, candidate=cand, layout=layout, notes=notes)
+    allocation = opt.allocation
+    if allocation is None:
+        allocation = size_target(lawset, opt.compute, opt.candidate.model.family)[2]
+    return Recommendation(
+        run_config=run_cfg,
+        candidate=opt.candidate,
+        layout=placed.layout,
+        target_kind=target.kind,
+        compute=opt.compute,
+        tokens=int(placed.tokens),
+        lr=placed.lr,
+        batch_law=placed.batch_law,
+        allocation=allocation,
+        schedule=schedule,
+        loss=loss,
+        leverage=el,
+        constraints=c,
+        notes=notes,
+    )
 
 
-def _el_value(el: tuple[float, float, float] | None) -> float | None:
-    return el[0] if el is not None and math.isfinite(el[0]) else None
-
-
-def _arch(m: ModelConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "n_layers": m.n_layers,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "n_kv_heads": m.n_kv_heads,
-        "head_dim": m.head_dim_,
-        "d_ffn": m.d_ffn,
-        "vocab_size": m.vocab_size,
-        "seq_len": m.seq_len,
-        "n_mtp_layers": m.n_mtp_layers,
-    }
-    if m.moe is not None:
-        out.update(
-            n_experts=m.moe.n_experts,
-            top_k=m.moe.top_k,
-            n_shared_experts=m.moe.n_shared_experts,
-            d_expert=m.moe.d_expert,
-            n_dense_layers=m.moe.n_dense_layers,
-            n_groups=m.moe.n_groups,
-            topk_groups=m.moe.topk_groups,
-        )
-    return out
+def _el_value(el: Interval | None) -> float | None:
+    return el.value if el is not None and math.isfinite(el.value) else None
 
 
 def _name(target: Target, compute: float) -> str:
     if target.kind == "model" and target.model_path is not None:
         return f"{target.model_path.stem}-D{target.tokens:.2g}".replace("+", "")
     return f"recommend-C{compute:.2e}".replace("+", "")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())

@@ -2,8 +2,9 @@
 
 The family (Ling 2.0 report, arXiv 2510.22115, Sec. 2; DESIGN.md "Ling 2.0 architecture"):
 n_heads = d_model / head_dim; GQA with n_kv = the divisor of n_heads nearest max(min(4, n_heads),
-n_heads // 8) (4, 4, 8 for Ling mini/flash/1T); routed experts E, top-k E_a and shared experts E_s chosen
-so that the activation ratio
+n_heads // 8) among those that are a multiple or divisor of 8, the largest tp (4, 4, 8 for Ling
+mini/flash/1T; Megatron-Core needs n_kv and tp to divide one another); routed experts E, top-k E_a and
+shared experts E_s chosen so that the activation ratio
 A = (E_a + E_s)/(E + E_s) matches the requested one; d_expert = 2·d_model / G (G = granularity); the first
 max(1, n_layers // 20) layers dense with d_ffn = 2.25·d_model; group-limited sigmoid routing with 8 groups,
 top-4 groups, top-k weights ×2.5; one MTP layer. A = 1 gives a dense model.
@@ -22,7 +23,10 @@ from dataclasses import dataclass
 
 from trainer.config import ModelConfig, MoEConfig
 from trainer.flops import ParamCounts, activation_ratio, count_params, flops_per_token, granularity
+from windtunnel.recommend.layout import TP_CHOICES
 from windtunnel.recommend.targets import Constraints
+
+TP_MAX = max(TP_CHOICES)
 
 LING_EXPERTS = 256
 LING_ROUTE_SCALE = 2.5
@@ -115,7 +119,9 @@ def kv_heads(n_heads: int, c: Constraints) -> int | None:
         return c.n_kv_heads if n_heads % c.n_kv_heads == 0 else None
     want = max(min(4, n_heads), n_heads // 8)
     divisors = [k for k in range(1, n_heads + 1) if n_heads % k == 0]
-    return min(divisors, key=lambda k: (abs(math.log(k / want)), -k))
+    # Megatron needs n_kv to be a multiple or a divisor of tp: prefer counts every tp up to 8 accepts
+    tp_friendly = [k for k in divisors if k % TP_MAX == 0 or TP_MAX % k == 0]
+    return min(tp_friendly or divisors, key=lambda k: (abs(math.log(k / want)), -k))
 
 
 def dense_layers(n_layers: int, c: Constraints, moe: bool) -> int:

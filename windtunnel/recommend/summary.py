@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from trainer.config import ModelConfig
+
+if TYPE_CHECKING:
+    from windtunnel.recommend.recommend import Recommendation
+
+GPU_HOURS_BASIS = "C = M·D: non-embedding training FLOPs (embeddings, output head and MTP excluded)"
 
 
 def _si(x: float | None, unit: str = "") -> str:
@@ -112,3 +119,79 @@ def to_json(s: dict[str, Any]) -> str:
         return x
 
     return json.dumps(clean(s), indent=2)
+
+
+def _arch(m: ModelConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "n_heads": m.n_heads,
+        "n_kv_heads": m.n_kv_heads,
+        "head_dim": m.head_dim_,
+        "d_ffn": m.d_ffn,
+        "vocab_size": m.vocab_size,
+        "seq_len": m.seq_len,
+        "n_mtp_layers": m.n_mtp_layers,
+    }
+    if m.moe is not None:
+        out.update(
+            n_experts=m.moe.n_experts,
+            top_k=m.moe.top_k,
+            n_shared_experts=m.moe.n_shared_experts,
+            d_expert=m.moe.d_expert,
+            n_dense_layers=m.moe.n_dense_layers,
+            n_groups=m.moe.n_groups,
+            topk_groups=m.moe.topk_groups,
+        )
+    return out
+
+
+def summary_dict(rec: Recommendation) -> dict[str, Any]:
+    """The flat, JSON-ready summary of a Recommendation (the keys the CLI table and --json print)."""
+    cand, lay, c, model = rec.candidate, rec.layout, rec.constraints, rec.run_config.model
+    m_opt = rec.allocation.get("m_opt")
+    el = rec.leverage
+    return {
+        "name": rec.run_config.name,
+        "target": rec.target_kind,
+        "family": model.family,
+        "architecture": _arch(model),
+        "activation_ratio": cand.activation_ratio,
+        "granularity": cand.granularity,
+        "total_params": cand.counts.total,
+        "active_params": cand.counts.active,
+        "total_params_nonembed": cand.counts.total_nonembed,
+        "active_params_nonembed": cand.counts.active_nonembed,
+        "flops_per_token": cand.flops_per_token,
+        **rec.allocation,
+        "m_rel_error": (cand.flops_per_token / m_opt - 1) if m_opt else None,
+        "tokens": rec.tokens,
+        "tokens_per_param": rec.tokens / cand.counts.active_nonembed,
+        "compute": rec.compute,
+        "peak_lr": rec.lr.value,
+        "peak_lr_lo": rec.lr.lo,
+        "peak_lr_hi": rec.lr.hi,
+        "batch_tokens": lay.batch_sequences * model.seq_len,
+        "batch_sequences": lay.batch_sequences,
+        "batch_tokens_law": rec.batch_law.value,
+        "batch_tokens_law_lo": rec.batch_law.lo,
+        "batch_tokens_law_hi": rec.batch_law.hi,
+        "seq_len": model.seq_len,
+        **rec.schedule,
+        **rec.loss,
+        "efficiency_leverage": el.value if el else None,
+        "efficiency_leverage_lo": el.lo if el else None,
+        "efficiency_leverage_hi": el.hi if el else None,
+        "gpus": c.gpus,
+        "mfu": c.mfu,
+        "peak_tflops": c.peak_tflops,
+        "gpu_hours": rec.gpu_hours,
+        "gpu_hours_basis": GPU_HOURS_BASIS,
+        "days": rec.gpu_hours / c.gpus / 24.0,
+        "parallel": {"tp": lay.tp, "pp": lay.pp, "ep": lay.ep, "dp": lay.dp},
+        "memory_per_gpu_gb": lay.memory["total"],
+        "memory_breakdown_gb": {k: lay.memory[k] for k in ("params", "grads", "optimizer", "activations")},
+        "gpu_memory_gb": c.gpu_memory_gb,
+        "precision": rec.run_config.precision.dtype,
+        "notes": rec.notes,
+    }

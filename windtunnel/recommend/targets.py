@@ -8,6 +8,7 @@ max(1, n_layers // 20) layers dense (1 of 20, 1 of 32, 4 of 80); dense FFN width
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ def parse_count(text: str | float | int) -> float:
     if isinstance(text, int | float):
         return float(text)
     s = str(text).strip().replace("_", "").replace(",", "")
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtTpP]?)", s)
+    m = re.fullmatch(r"([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtTpP]?)", s)
     if not m:
         raise ValueError(f"cannot read {text!r} as a number (examples: 1T, 200B, 1e12)")
     value = float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1.0)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
     if value <= 0:
         raise ValueError(f"{text!r} must be positive")
     return value

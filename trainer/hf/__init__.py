@@ -1,0 +1,1 @@
+"""Files copied verbatim into a Hugging Face export folder (loaded by transformers, not imported here)."""
