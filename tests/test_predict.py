@@ -128,3 +128,16 @@ def test_recorded_prediction_cannot_be_overwritten(laws_path: Path, tmp_path: Pa
     with pytest.raises(MlflowException):
         client.log_param(run_id, "predicted", "2.0")
     assert float(client.get_run(run_id).data.params["predicted"]) == first.predicted
+
+
+def test_auto_takes_the_law_with_the_smaller_backtest_error(laws_path: Path) -> None:
+    data = json.loads(laws_path.read_text())
+    data["laws"]["parametric"]["backtest"] = {"mean_rel_err": 0.05}
+    data["laws"]["frontier"]["backtest"] = {"mean_rel_err": 0.01}
+    lawset = LawSet.from_dict(data)
+    point, _ = point_from_compute(lawset, 1e13)
+    p = predict_loss(lawset, point)
+    assert p.law == "frontier" and "parametric" in p.alternatives
+    assert any("backtest error" in n and "frontier 1.00%" in n for n in p.notes)
+    data["laws"]["frontier"]["backtest"] = {"skipped": "needs 4 or more compute budgets"}
+    assert predict_loss(LawSet.from_dict(data), point).law == "parametric"

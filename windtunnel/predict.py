@@ -5,7 +5,9 @@ Two loss laws can predict (DESIGN.md "Contracts"):
 - ``parametric``  L(N, D) = E + A/N^alpha + B/D^beta   (Hoffmann et al. 2022, eq. 2; N = non-embedding
   active parameters, D = training tokens);
 - ``frontier``    L(C) = E + A·C^-alpha                  (loss of the compute-optimal run at C = M·D).
-Intervals are ``LawSet.predict(name, x) -> (value, lo, hi)`` as the law engine forms them.
+Intervals are ``LawSet.predict(name, x) -> (value, lo, hi)`` as the law engine forms them. With both in the
+set, ``auto`` takes the one whose backtest (the law engine's: fit on the smaller budgets, predict the
+largest) erred less, and says so; the other one's prediction is reported beside it.
 
 The operating point (N, M, D, C):
 - ``--model M.yaml --tokens D``: N and M (FLOPs per token) from the trainer's accounting, C = M·D;
@@ -103,16 +105,33 @@ def _one(lawset: Any, law: str, point: dict[str, float]) -> dict[str, Any]:
     return {"predicted": float(value), "pi95": [float(lo), float(hi)]}
 
 
-def predict_loss(
-    lawset: Any, point: dict[str, float], law: str = "auto", sha: str = "", notes: list[str] | None = None
-) -> Prediction:
-    """The final-loss prediction at ``point`` from ``law`` (``auto``: parametric when the set has it,
-    else frontier); the other loss laws of the set are reported in ``alternatives``."""
+def _backtest_error(law: Any) -> float:
+    err = (law.backtest or {}).get("mean_rel_err")
+    return float(err) if isinstance(err, int | float) and math.isfinite(err) else math.inf
+
+
+def choose_law(lawset: Any) -> tuple[str, str]:
+    """``auto``: the loss law with the smaller backtest error (mean relative error of its predictions of
+    the sweep's own largest-budget runs from the smaller ones); parametric when neither has a backtest."""
     have = [n for n in LOSS_LAWS if n in lawset.laws]
     if not have:
         raise PredictionError(f"the law set has no loss law ({' or '.join(LOSS_LAWS)})")
+    errors = {n: _backtest_error(lawset.laws[n]) for n in have}
+    best = min(have, key=lambda n: (errors[n], LOSS_LAWS.index(n)))
+    told = ", ".join(f"{n} {e:.2%}" if math.isfinite(e) else f"{n} none" for n, e in errors.items())
+    return best, f"law chosen by backtest error (mean relative error: {told})"
+
+
+def predict_loss(
+    lawset: Any, point: dict[str, float], law: str = "auto", sha: str = "", notes: list[str] | None = None
+) -> Prediction:
+    """The final-loss prediction at ``point`` from ``law`` (``auto``: ``choose_law``); the other loss
+    laws of the set are reported in ``alternatives``."""
+    have = [n for n in LOSS_LAWS if n in lawset.laws]
+    notes = list(notes or [])
     if law == "auto":
-        law = have[0]
+        law, why = choose_law(lawset)
+        notes.append(why)
     elif law not in lawset.laws:
         raise PredictionError(f"--law {law}: not in the law set (have: {', '.join(lawset.laws)})")
     main = _one(lawset, law, point)
@@ -132,7 +151,7 @@ def predict_loss(
         laws_sha256=sha,
         made_at=made_at,
         alternatives=alternatives,
-        notes=list(notes or []),
+        notes=notes,
     )
 
 
