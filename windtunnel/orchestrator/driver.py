@@ -264,10 +264,11 @@ def run_sweep(
 
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
     if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
+        from windtunnel.orchestrator.spec_target import TARGET_STUDY
         from windtunnel.orchestrator.validation import run_target_phase
 
         def launch(cfgs: list[RunConfig], budget: float) -> None:
-            items = [_item(c, "target", "target", budget) for c in cfgs]
+            items = [_item(c, TARGET_STUDY, "target", budget) for c in cfgs]
             ctx["manifest_hash"] = _prepare_data(cfgs)
             target_progress = SweepProgress(f"{spec.name} target", len(items))
             _run_tuners(
