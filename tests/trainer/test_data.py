@@ -89,12 +89,13 @@ def test_default_prepare_outputs(default_art: tuple[RunConfig, DataArtifacts, fl
     assert art.train_path.stat().st_size == 2 * art.n_train_tokens == 2 * meta["n_train_tokens"]
     assert art.val_path.stat().st_size == 2 * art.n_val_tokens
     frac = art.n_val_tokens / (art.n_train_tokens + art.n_val_tokens)
-    assert 0.005 < frac < 0.1, frac  # val_fraction 0.02 of the corpus, by whole documents
+    assert 0.005 < frac < 0.1, frac  # val_fraction 0.02 of the corpus, in slices of many documents
     manifest = json.loads((art.root / "manifest.json").read_text())
     assert manifest["manifest_hash"] == art.manifest_hash
-    # the byte-level BPE round-trips the corpus text
+    # the byte-level BPE round-trips the corpus text: each validation document is a slice of one file
     docs = split_docs(art, "val")
-    assert all(d in {(stdlib_dir() / p).read_text() for p, _, _ in manifest["files"]} for d in docs)
+    texts = [(stdlib_dir() / p).read_text() for p, _, _ in manifest["files"]]
+    assert len(docs) >= 10 and all(any(d in t for t in texts) for d in docs)
 
 
 def test_cache_hit_fast_and_no_rebuild(default_art: tuple[RunConfig, DataArtifacts, float]) -> None:

@@ -1,8 +1,12 @@
 """``TokenData``: random training windows and fixed validation windows over memory-mapped token shards.
 
-Training batch at step t: B window starts drawn from ``np.random.default_rng([seed, t])``, uniform over
-[0, N_train - T - 1], so the batches are a pure function of (seed, step) and a run resumed at step k sees
-exactly the batches an uninterrupted run would. Each window holds T + 1 tokens w; x = w[:-1], y = w[1:].
+Training windows, sampled without replacement: the train split is cut into E = N_train // T - 1
+non-overlapping windows of T + 1 tokens, window i of epoch e starting at o_e + i·T (o_e in [0, T) drawn
+per epoch from (seed, e), so epochs see shifted windows). Sample j = t·B + b of the run (step t, row b) is
+window perm_e[j mod E] of epoch e = j // E, perm_e a permutation drawn from (seed, e). Within an epoch no
+token is predicted twice and the stream is mixed across the whole split (documents of every kind, not the
+corpus order); the batches are a pure function of (seed, step), so a run resumed at step k sees exactly
+the batches an uninterrupted run would. Each window holds T + 1 tokens w; x = w[:-1], y = w[1:].
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class TokenData:
                 "use more data or a shorter model.seq_len"
             )
         self._val_cache: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._epochs: dict[int, tuple[int, np.ndarray]] = {}  # epoch -> (offset o_e, permutation perm_e)
         self._tokenizer: Any = None
 
     def __getstate__(self) -> dict[str, object]:
@@ -98,14 +103,37 @@ class TokenData:
         y_BT = torch.from_numpy(np.ascontiguousarray(w_BT1[:, 1:]))
         return x_BT, y_BT
 
+    @property
+    def windows_per_epoch(self) -> int:
+        """E: non-overlapping training windows of seq_len + 1 tokens in one pass over the train split."""
+        return max(1, len(self._train_N) // self.seq_len - 1)
+
+    def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+        """(o_e, perm_e) of an epoch, drawn from (seed, epoch); the last two epochs are kept."""
+        if epoch not in self._epochs:
+            T, E = self.seq_len, self.windows_per_epoch
+            rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+            slack = len(self._train_N) - T - 1 - (E - 1) * T  # room for the offset: last window fits
+            offset = int(rng.integers(0, max(1, min(T, slack + 1))))
+            self._epochs = {e: v for e, v in self._epochs.items() if e >= epoch - 1}
+            self._epochs[epoch] = (offset, rng.permutation(E).astype(np.int64))
+        return self._epochs[epoch]
+
     def batch_starts(self, step: int, batch_size: int) -> np.ndarray:
-        """Window starts of training step ``step``: a pure function of (seed, step)."""
+        """Window starts of training step ``step``: a pure function of (seed, step) (module docstring)."""
         if step < 0 or batch_size < 1:
             raise DataError(
                 f"step must be >= 0 and batch_size >= 1, got step={step}, batch_size={batch_size}"
             )
-        rng = np.random.default_rng([self.seed, step])
-        return rng.integers(0, len(self._train_N) - self.seq_len, size=batch_size, dtype=np.int64)
+        E = self.windows_per_epoch
+        j_B = step * batch_size + np.arange(batch_size, dtype=np.int64)
+        epoch_B, pos_B = j_B // E, j_B % E
+        starts_B = np.empty(batch_size, dtype=np.int64)
+        for epoch in np.unique(epoch_B):
+            offset, perm_E = self._epoch(int(epoch))
+            sel = epoch_B == epoch
+            starts_B[sel] = offset + perm_E[pos_B[sel]] * self.seq_len
+        return starts_B
 
     def batch(
         self, step: int, batch_size: int, rows: np.ndarray | None = None

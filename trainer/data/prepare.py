@@ -7,10 +7,11 @@ Cache layout under ``data.cache_dir`` (default ``~/.cache/windtunnel``)::
     <content hash>/                         meta.json, manifest.json, tokenizer.json, train.bin, val.bin
     locks/<key>.lock                        fcntl locks serialising concurrent builds of one key
 
-The content hash covers the manifest hash, the tokenizer (its identity or file hash), ``val_fraction``
-and ``FORMAT_VERSION``. A shard folder is built in a temporary folder and renamed into place, under a
-lock, so concurrent callers (Ray trials) either build it once or wait and reuse it; a cache hit only
-stats the corpus files and reads ``meta.json``.
+The content hash covers the manifest hash, the tokenizer (its identity or file hash), ``val_fraction``,
+``FORMAT_VERSION`` and (text sources) ``split.SPLIT_VERSION``: which documents train, which give a validation
+slice and which are dropped as near-duplicates is decided by ``split.plan_split``. A shard folder is
+built in a temporary folder and renamed into place, under a lock, so concurrent callers (Ray trials)
+either build it once or wait and reuse it; a cache hit only stats the corpus files and reads ``meta.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,7 @@ from trainer.data.common import FORMAT_VERSION, DataError, file_lock, log, read_
 from trainer.data.common import write_json_atomic as _write_json
 from trainer.data.corpus import build_corpus
 from trainer.data.shards import (
-    choose_val,
     count_tokens,
-    doc_u,
     shard_dtype,
     token_shards,
     tokens_manifest_hash,
@@ -39,6 +39,7 @@ from trainer.data.shards import (
     write_text_shards,
     write_token_shards,
 )
+from trainer.data.split import SPLIT_VERSION, DocPlan, plan_split
 from trainer.data.tokenizer import copy_tokenizer, get_or_train, load_tokenizer_info
 
 
@@ -148,6 +149,15 @@ def _user_tokenizer(path: str | None) -> Path | None:
     return resolved
 
 
+def _planned(docs: Iterator[str], plans: list[DocPlan]) -> Iterator[str]:
+    """The documents as ``plan_split`` decided: whole (train), a slice (val), or left out (drop)."""
+    for doc, plan in zip(docs, plans, strict=True):
+        if plan.action == "train":
+            yield doc
+        elif plan.action == "val":
+            yield doc.encode("utf-8")[plan.start : plan.end].decode("utf-8")
+
+
 def prepare_data(run_cfg: RunConfig) -> DataArtifacts:
     """Build (or find in the cache) the tokenizer and train/val token shards for ``run_cfg.data``."""
     data = run_cfg.data
@@ -194,22 +204,18 @@ def prepare_data(run_cfg: RunConfig) -> DataArtifacts:
     mhash = corpus.manifest_hash
     user_tok = _user_tokenizer(data.tokenizer)
     tok_id = "file-" + sha256_file(user_tok) if user_tok else f"bpe-{model_vocab}"
-    key = {"v": FORMAT_VERSION, "m": mhash, "tok": tok_id, "val": data.val_fraction}
+    key = {"v": FORMAT_VERSION, "m": mhash, "tok": tok_id, "val": data.val_fraction, "split": SPLIT_VERSION}
     content_hash = sha256_json(key)[:24]
 
     def build_text(out_dir: Path) -> dict[str, Any]:
         log(f"corpus '{corpus.source}': {len(corpus.entries)} files, {corpus.total_bytes / 1e6:.1f} MB")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        us, sizes = [], []
-        for doc in corpus.documents():
-            raw = doc.encode("utf-8")
-            us.append(doc_u(raw))
-            sizes.append(len(raw))
-        is_val = choose_val(us, sizes, data.val_fraction, f"data.source={corpus.source}")
+        plans = plan_split(list(corpus.documents()), data.val_fraction, f"data.source={corpus.source}")
+        is_val = [p.action == "val" for p in plans if p.action != "drop"]
         timings["split_s"] = time.perf_counter() - t0
         if user_tok is None:
-            tok_src = get_or_train(cache_dir, mhash, model_vocab, corpus.documents(), len(us))
+            tok_src = get_or_train(cache_dir, mhash, model_vocab, corpus.documents(), len(plans))
         else:
             tok_src = user_tok
         timings["tokenizer_s"] = time.perf_counter() - t0 - sum(timings.values())
@@ -219,8 +225,10 @@ def prepare_data(run_cfg: RunConfig) -> DataArtifacts:
                 f"model.vocab_size: {model_vocab} is smaller than the tokenizer's vocabulary ({vocab})"
             )
         tok_path = copy_tokenizer(tok_src, out_dir)
-        log(f"encoding {len(us)} documents ({sum(is_val)} held out for validation)")
-        stats = write_text_shards(corpus.documents(), is_val, tok_path, vocab, eot, out_dir)
+        n_drop = len(plans) - len(is_val)
+        log(f"encoding {len(is_val)} documents ({sum(is_val)} validation slices, {n_drop} near-dups dropped)")
+        stats = write_text_shards(_planned(corpus.documents(), plans), is_val, tok_path, vocab, eot, out_dir)
+        stats["n_dropped_near_duplicates"] = n_drop
         timings["encode_s"] = time.perf_counter() - t0 - sum(timings.values())
         _write_json(out_dir / "manifest.json", corpus.to_json())
         meta = {

@@ -1,8 +1,9 @@
 """Token shards: flat ``.bin`` files of token ids (uint16 when vocab <= 65536, else uint32).
 
-Train/validation split by document, deterministic and independent of document order: with
-u(doc) = first 64 bits of sha256(doc) / 2^64, documents are held out in increasing u until they make up
-``val_fraction`` of the corpus (identical documents share u and so always land on the same side).
+Train/validation split of pre-tokenised documents (``choose_val``), deterministic and independent of document
+order: with u(doc) = first 64 bits of sha256(doc) / 2^64, documents are held out in increasing u until they
+make up ``val_fraction`` of the corpus (identical documents share u and so always land on the same side).
+Text corpora are split by ``split.plan_split`` (near-duplicates dropped, validation slices of many documents).
 Every document is followed by the end-of-text id.
 
 Pre-tokenised input (``data.source == "tokens"``): ``X.bin`` with a JSON sidecar ``X.bin.json`` or

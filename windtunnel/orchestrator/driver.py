@@ -171,7 +171,9 @@ def run_sweep(
         trial_runs,
         with_retry,
     )
+    from windtunnel.orchestrator.validation import check_target
 
+    check_target(spec)  # a target the ladder cannot size fails now, not after the ladder
     t_start = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     sweep_dir = (Path(spec.workdir) / spec.name).resolve()
@@ -261,6 +263,19 @@ def run_sweep(
     from windtunnel.orchestrator.fitting import fit_at_end
 
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
+    if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
+        from windtunnel.orchestrator.spec_target import TARGET_STUDY
+        from windtunnel.orchestrator.validation import run_target_phase
+
+        def launch(cfgs: list[RunConfig], budget: float) -> None:
+            items = [_item(c, TARGET_STUDY, "target", budget) for c in cfgs]
+            ctx["manifest_hash"] = _prepare_data(cfgs)
+            target_progress = SweepProgress(f"{spec.name} target", len(items))
+            _run_tuners(
+                spec, ctx, items, [], address, sweep_dir, target_progress, show_progress, make_callback
+            )
+
+        run_target_phase(spec, uri, parent_id, sweep_dir, outcome, launch)
     # the parent run gets its MLflow end time only now (laws and figures are its artifacts); a re-run of the
     # sweep marks it RUNNING again (``ensure_parent_run``)
     with_retry(client.set_terminated, parent_id, "FINISHED")

@@ -59,6 +59,8 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     """Fit and log laws when at least ``spec.min_runs_to_fit`` runs finished; fills ``outcome.summary``."""
     from mlflow import MlflowClient
 
+    from windtunnel.orchestrator.seednoise import seed_noise_lines
+    from windtunnel.orchestrator.spec_target import TARGET_STUDY
     from windtunnel.orchestrator.tracking import log_artifact, runs_from_mlflow
 
     client = MlflowClient(tracking_uri)
@@ -67,6 +69,9 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     df.to_csv(runs_csv, index=False)
     log_artifact(client, parent_run_id, runs_csv)  # ArtifactStoreError: one line
     summary = outcome.summary
+    if getattr(spec, "target", None) is not None:  # the target is predicted by the ladder, not fitted
+        df = df[df["study"] != TARGET_STUDY].reset_index(drop=True)
+    summary.extend(seed_noise_lines(client, spec.name))
     n_finished = int((df["status"] == "finished").sum()) if len(df) else 0
     bad = df[df["status"] != "finished"] if len(df) else df
     n_pruned = 0

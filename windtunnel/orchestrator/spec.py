@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.config import DataConfig, RunConfig
+from windtunnel.orchestrator.spec_target import TargetSpec
 
 
 class SpecError(ValueError):
@@ -242,6 +243,7 @@ class SweepSpec(_Strict):
     min_runs_to_fit: int = Field(6, ge=1, description="finished runs needed before fitting laws")
     fit: FitSpec = Field(default_factory=FitSpec)
     studies: list[Study] = Field(min_length=1)
+    target: TargetSpec | None = Field(None, description="a run beyond the ladder, predicted before training")
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:

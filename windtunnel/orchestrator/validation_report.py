@@ -1,0 +1,213 @@
+"""The validation study's report: predicted vs observed, the figure, ``summary.json``.
+
+``summary.json`` keys: ``predicted_loss``, ``pi95`` [lo, hi], ``law``, ``observed_loss`` (mean over the
+target's finished seeds), ``observed_losses``, ``error`` (observed - predicted), ``inside_pi95``,
+``extrapolation_factor`` (C_target / the ladder's largest run's C), ``ladder_compute`` (sum of C over the
+ladder's finished runs), ``ladder_share`` (ladder_compute / target_compute), ``target_compute``,
+``seed_noise_std`` (sample standard deviation of the target's final loss over seeds, ddof = 1),
+``nonembedding_share`` of the target and the ladder's largest model, ``target_epochs`` (training tokens /
+the train split's tokens), ``alternatives`` (the other loss law's prediction), ``command``, ``date``,
+``commit``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from windtunnel.orchestrator.spec_target import TARGET_STUDY
+
+
+def _command() -> str:
+    if Path(sys.argv[0]).name in ("windtunnel", "__main__.py"):
+        return shlex.join(["windtunnel", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+def nonembedding_share(model_cfg: Any) -> float:
+    """Non-embedding active parameters / active parameters (embeddings and output head excluded)."""
+    from trainer.flops import count_params
+
+    counts = count_params(model_cfg)
+    return counts.active_nonembed / counts.active
+
+
+def target_epochs(cfg: Any) -> float:
+    """Training tokens / tokens in the train split: below 1 no token need be seen twice."""
+    from trainer.data import prepare_data
+
+    return cfg.optim.tokens / prepare_data(cfg).n_train_tokens
+
+
+def build_summary(df: Any, pred: Any, cfgs: list[Any], c_target: float) -> dict[str, Any]:
+    hashes = {c.config_hash() for c in cfgs}
+    target = df[(df["study"] == TARGET_STUDY) & df["config_hash"].isin(hashes)]
+    fin = target[target["status"] == "finished"]
+    losses = [float(x) for x in fin["loss"]]
+    ladder = df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]
+    ladder_c = float(ladder["compute"].sum()) if len(ladder) else math.nan
+    ladder_max = float(ladder["compute"].max()) if len(ladder) else math.nan
+    observed = float(np.mean(losses)) if losses else math.nan
+    lo, hi = (float(x) for x in pred.pi95)
+    out: dict[str, Any] = {
+        "predicted_loss": pred.predicted,
+        "pi95": [lo, hi],
+        "law": pred.law,
+        "observed_loss": observed,
+        "observed_losses": losses,
+        "n_target_runs": len(cfgs),
+        "target_statuses": sorted(map(str, target["status"])),
+        "error": observed - pred.predicted,
+        "inside_pi95": bool(lo <= observed <= hi) if losses else None,
+        "extrapolation_factor": c_target / ladder_max,
+        "ladder_compute": ladder_c,
+        "ladder_max_compute": ladder_max,
+        "ladder_share": ladder_c / c_target,
+        "target_compute": c_target,
+        "seed_noise_std": float(np.std(losses, ddof=1)) if len(losses) >= 2 else None,
+        "target_model": {k: getattr(cfgs[0].model, k) for k in ("d_model", "n_layers", "n_heads", "d_ffn")},
+        "target_tokens": cfgs[0].optim.tokens,
+        "nonembedding_share": {"target": nonembedding_share(cfgs[0].model)},
+        "prediction": pred.to_dict(),
+        "alternatives": pred.alternatives,
+        "command": _command(),
+        "date": _dt.datetime.now(_dt.UTC).date().isoformat(),
+        "commit": _commit(),
+    }
+    if len(ladder):
+        biggest = ladder.loc[ladder["params"].idxmax()]
+        share = float(biggest["params"] / (biggest["n_active"])) if biggest["n_active"] > 0 else math.nan
+        out["nonembedding_share"]["ladder_largest"] = share
+    return out
+
+
+def table_lines(s: dict[str, Any]) -> list[str]:
+    lo, hi = s["pi95"]
+    obs = ", ".join(f"{x:.4f}" for x in s["observed_losses"]) or "none finished"
+    noise = s["seed_noise_std"]
+    inside = "inside" if s["inside_pi95"] else "OUTSIDE"
+    lines = [
+        "validation: predicted vs observed final validation loss of the target run",
+        f"  law            {s['law']}",
+        f"  predicted      {s['predicted_loss']:.4f}   95% interval [{lo:.4f}, {hi:.4f}]",
+        f"  observed       {s['observed_loss']:.4f}   (seeds: {obs})",
+        f"  error          {s['error']:+.4f} nats, {inside} the interval",
+        f"  seed noise     {'n/a (one seed)' if noise is None else f'{noise:.4f} nats (std over seeds)'}",
+        f"  extrapolation  {s['extrapolation_factor']:.1f}x the ladder's largest run "
+        f"(C_target {s['target_compute']:.3g} FLOPs)",
+        f"  ladder compute {s['ladder_compute']:.3g} FLOPs = {s['ladder_share']:.1%} of one target run",
+    ]
+    for name, alt in s["alternatives"].items():
+        if "predicted" in alt:
+            a_lo, a_hi = alt["pi95"]
+            lines.append(f"  {name:<14} would predict {alt['predicted']:.4f} [{a_lo:.4f}, {a_hi:.4f}]")
+    return lines
+
+
+def plot_validation(df: Any, lawset: Any, s: dict[str, Any], path: Path) -> Path:
+    """Ladder runs (C, loss), the loss law along the compute-optimal path, the prediction with its 95 %
+    interval at C_target, and the observed target runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from windtunnel.predict import PredictionError, point_from_compute
+
+    ladder = df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter(ladder["compute"], ladder["loss"], s=14, c="0.55", label="ladder runs")
+    c_lo, c_t = float(ladder["compute"].min()), s["target_compute"]
+    grid_C = np.geomspace(c_lo, c_t * 1.3, 60)
+    curve = []
+    for c in grid_C:
+        try:
+            point, _ = point_from_compute(lawset, float(c))
+            x = (point["params"], point["tokens"]) if s["law"] == "parametric" else float(c)
+            curve.append(float(lawset.predict(s["law"], x)[0]))
+        except (PredictionError, KeyError):
+            curve.append(math.nan)
+    ax.plot(grid_C, curve, "-", c="C0", label=f"{s['law']} law (compute-optimal path)")
+    lo, hi = s["pi95"]
+    p = s["predicted_loss"]
+    ax.errorbar([c_t], [p], yerr=[[p - lo], [hi - p]], fmt="o", c="C1", capsize=4, label="prediction, 95% PI")
+    if s["observed_losses"]:
+        ax.scatter(
+            [c_t] * len(s["observed_losses"]),
+            s["observed_losses"],
+            marker="x",
+            c="C3",
+            s=40,
+            label="observed target (per seed)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("compute C = M·D (FLOPs)")
+    ax.set_ylabel("final validation loss (nats)")
+    ax.set_title(f"prediction {s['extrapolation_factor']:.0f}x beyond the ladder")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    spec: Any,
+    df: Any,
+    lawset: Any,
+    pred: Any,
+    cfgs: list[Any],
+    c_target: float,
+    tracking_uri: str,
+    parent_run_id: str,
+    sweep_dir: Path,
+    summary: list[str],
+) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from windtunnel.orchestrator.tracking import log_artifact
+
+    s = build_summary(df, pred, cfgs, c_target)
+    s["target_epochs"] = target_epochs(cfgs[0])
+    if s["extrapolation_factor"] < spec.target.min_extrapolation:
+        s["warning"] = (
+            f"extrapolation {s['extrapolation_factor']:.1f}x < target.min_extrapolation "
+            f"{spec.target.min_extrapolation:g}x"
+        )
+    out_dir = sweep_dir / "validation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "summary.json"]
+    paths[0].write_text(json.dumps(s, indent=1, default=float) + "\n")
+    if len(df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]):
+        paths.append(plot_validation(df, lawset, s, out_dir / "prediction_vs_observed.png"))
+    client = MlflowClient(tracking_uri)
+    for path in paths:
+        log_artifact(client, parent_run_id, path, "validation")
+    summary.extend(table_lines(s))
+    summary.append(f"  target sees its training tokens {s['target_epochs']:.2f} times over (epochs)")
+    if "warning" in s:
+        summary.append(f"  warning: {s['warning']}")
+    summary.append(f"validation summary: {paths[0]}")
+    return s
