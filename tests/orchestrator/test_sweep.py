@@ -136,7 +136,7 @@ def test_kill_resume_and_idempotence(tmp_path: Path) -> None:
         assert sorted(loss_steps) == expected  # complete, no duplicates after the resume
         val_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
         assert steps in val_steps
-        row = df.loc[h]
+        row = df.loc[run.data.tags["config_hash"]]
         counts = count_params(cfg.model)
         m = flops_per_token(cfg.model)
         assert row.params == counts.active_nonembed and row.n_total == counts.total

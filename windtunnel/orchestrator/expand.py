@@ -75,9 +75,18 @@ def _fpt(model_cfg: Any) -> float:
     return float(flops_per_token(model_cfg))
 
 
+MAX_LAYERS = 10_000  # FLOP and parameter counts walk the layers: a typo of 1e30 layers would never return
+
+
+def _check_depth(cfg: RunConfig, where: str) -> RunConfig:
+    if cfg.model.n_layers > MAX_LAYERS:
+        raise SpecError(f"{where}: model.n_layers ({cfg.model.n_layers}) must be <= {MAX_LAYERS}")
+    return cfg
+
+
 def _apply(cfg: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
     try:
-        return cfg.with_overrides(overrides)
+        return _check_depth(cfg.with_overrides(overrides), where)
     except ConfigError as err:
         msg = _friendly(str(err))
         if len(overrides) == 1:
@@ -207,7 +216,7 @@ def expand(spec: SweepSpec) -> Plan:
 
 
 def _expand(spec: SweepSpec) -> Plan:
-    base0 = spec.base_config()
+    base0 = _check_depth(spec.base_config(), "base")
     trials: list[Trial] = []
     searches: list[SearchGroup] = []
     seen: set[str] = set()
