@@ -106,3 +106,11 @@ def test_tracking_uri_from_the_environment(tmp_path: Path) -> None:
         )
         _assert_one_line(out, "tracking uri:", str(ro))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_fit_runs_given_a_folder_is_one_line(tmp_path: Path) -> None:
+    out = cli(["fit", "--runs", str(tmp_path), "--out", str(tmp_path / "laws.json")], tmp_path, 120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (line,) = error_lines(out.stderr, "fit")
+    assert f"--runs: {tmp_path} is a folder" in line
+    assert not (tmp_path / "laws.json").exists()
