@@ -110,6 +110,10 @@ def contested(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             time.sleep(0.5)
             left = _leftovers(first.pid, started)
         facts["left"], facts["gone_after_s"] = left, time.perf_counter() - t_kill
+        print(  # for RELIABILITY.md's timings (pytest -s)
+            f"[contested] second driver refused in {facts['second_s']:.1f} s; "
+            f"Ray processes gone {facts['gone_after_s']:.1f} s after kill -9 of the driver"
+        )
         facts["third"] = cli(args, tmp, timeout=600)
     finally:
         for line in _leftovers(first.pid, started):  # never leave a process behind, whatever failed
