@@ -113,13 +113,20 @@ def run_sweep(
     driver of the sweep raises ``SweepBusy``), the store is checked writable and every trial's data prepared
     (``preflight.py``); each failure is one line and leaves the store unchanged.
     """
-    from windtunnel.orchestrator.preflight import check_store_writable, make_sweep_dir, prepare_manifests
+    from windtunnel.orchestrator.preflight import (
+        check_local_resources,
+        check_store_writable,
+        make_sweep_dir,
+        prepare_manifests,
+    )
     from windtunnel.orchestrator.sweeplock import SweepLock
 
     t_start = time.perf_counter()
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
     sweep_dir = make_sweep_dir(spec.workdir, spec.name)
     with SweepLock(sweep_dir, spec.name):
+        if not address:
+            check_local_resources(spec)
         check_store_writable(uri)
         manifests = prepare_manifests([t.run_cfg for t in plan.trials] + [g.base_cfg for g in plan.searches])
         outcome = _run_locked(spec, plan, uri, sweep_dir, manifests, address, show_progress, log_flush_s)

@@ -5,12 +5,13 @@ so a failed start leaves the store as it was (no experiment, no parent run, no R
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 from trainer.config import RunConfig
 from windtunnel.orchestrator.identity import data_key
-from windtunnel.orchestrator.spec import SpecError
+from windtunnel.orchestrator.spec import SpecError, SweepSpec
 
 
 def _os_problem(err: OSError) -> str:
@@ -58,6 +59,16 @@ def check_store_writable(uri: str) -> None:
         where = err.filename or db.parent
         problem = _os_problem(err)
         raise SpecError(f"tracking uri: cannot write the SQLite store at {where} ({problem})") from None
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """For a Ray the driver starts itself: a trial asking for more CPUs or GPUs than this machine has would
+    wait forever; refuse it before the store is touched (``check_cluster_fits`` runs again on Ray's count)."""
+    import torch
+
+    from windtunnel.orchestrator.raycluster import check_cluster_fits
+
+    check_cluster_fits(spec, {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())})
 
 
 def prepare_manifests(configs: list[RunConfig]) -> dict[str, str]:
