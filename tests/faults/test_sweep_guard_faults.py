@@ -1,7 +1,8 @@
 """A sweep cannot be fooled (real Ray Tune, MLflow SQLite, the trainer, the ``windtunnel`` CLI):
 
-- two drivers of one sweep: the second exits 2 naming the first (pid, host) and runs nothing; the first is
-  then SIGKILLed alone (not its process group): its Ray processes, the agents included, are gone within
+- two drivers of one sweep: the second exits 2 naming the first (pid, host; the first is SIGSTOPped while
+  the second runs, so it holds its lock however slow the machine) and runs nothing; the first is then
+  SIGKILLed alone (not its process group): its Ray processes, the agents included, are gone within
   seconds (``raywatch``); a new driver is not blocked by the dead one's lock, finishes the sweep, and every
   metric of every run holds each step exactly once (a WSM run's last ``val_loss`` included);
 - a sweep re-run after its data file's content changed (same path, same YAML), and again after its base
@@ -98,6 +99,8 @@ def contested(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     break
             except Exception:  # noqa: BLE001 - the store may be mid-creation
                 continue
+        # stopped, the first driver keeps its lock (and its trials train on) however long the second one takes
+        os.kill(first.pid, signal.SIGSTOP)
         assert first.poll() is None, "the first driver ended before a trial started"
         t0 = time.perf_counter()
         facts["second"] = cli(args, tmp, timeout=240)
