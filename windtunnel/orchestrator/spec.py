@@ -264,7 +264,10 @@ class SweepSpec(_Strict):
     )
     description: str = ""
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow URI; relative sqlite paths = cwd")
-    workdir: str = Field("wt_runs", description="trial workdirs go to <workdir>/<sweep>/<config hash>")
+    workdir: str = Field(
+        "wt_runs",
+        description="trial workdirs go to <workdir>/<sweep>/<trial key>; the driver locks <workdir>/<sweep>",
+    )
     data: DataConfig | None = Field(None, description="replaces base.data for every trial")
     base: RunConfig = Field(default_factory=RunConfig, description="the RunConfig every trial starts from")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)

@@ -267,7 +267,7 @@ class TrialLogger:
 
     def _create_run(self) -> str:
         """Create the child run. ``create_run`` is not idempotent: a call whose answer was lost (server gone
-        mid-request) may have created the run, so every retry first looks for it by config hash."""
+        mid-request) may have created the run, so every retry first looks for it by trial key."""
         tags = {"mlflow.parentRunId": self.parent_run_id, ROLE: "trial", "status": "running", "attempts": "1"}
         tags.update(self.tags)
 
