@@ -22,8 +22,11 @@ Every ``eval_interval`` steps and at the end the validation loss (LM cross-entro
 ``eval_batches`` fixed batches) is computed and, when a ``workdir`` is given, a full checkpoint is saved
 (``trainer.checkpoint``). WSM runs also save model-only merge checkpoints at
 ``trainer.schedule.merge_checkpoint_steps`` and the run's ``val_loss`` is that of the merged model
-θ̂ = Σ c_j θ_{n+j} (``val_loss_unmerged`` is the final model's). ``resume=True`` restarts from the newest
-valid checkpoint in ``workdir``; the loss curve equals an uninterrupted run's (bit-identical on the CPU).
+θ̂ = Σ c_j θ_{n+j} (``val_loss_unmerged`` is the final model's). Each metric is reported once per step: at a
+WSM run's last step the final model's evaluation is reported as ``val_loss_unmerged`` and ``val_loss`` comes
+once, after the merge (the unmerged value when no merge checkpoint is left). ``resume=True`` restarts from
+the newest valid checkpoint in ``workdir``; the loss curve equals an uninterrupted run's (bit-identical on
+the CPU).
 
 Under ``torchrun`` (several processes) the same loop runs data parallel, and expert parallel when
 ``parallel.ep > 1``: each rank trains its shard of the same global batch, gradients are averaged, expert
@@ -65,6 +68,10 @@ from trainer.model import build_model
 from trainer.schedule import LRSchedule, checkpoint_interval, merge_checkpoint_steps
 
 ReportFn = Callable[[int, dict[str, float]], None]
+
+# Raise whenever a trainer change alters what a given config trains to (its loss curve or final loss): the
+# orchestrator's trial identity includes it, so results of an older trainer are not reused.
+RESULTS_VERSION = 1
 
 
 @dataclass
@@ -372,7 +379,8 @@ def train(
             do_eval = step % cfg.eval_interval == 0 or step == total_steps
             if do_eval:
                 (last_val,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
-                metrics["val_loss"] = last_val
+                # a WSM run's last val_loss is the merged model's, reported once after the merge
+                metrics["val_loss_unmerged" if wsm and step == total_steps else "val_loss"] = last_val
             if metrics:
                 result.history.append((step, metrics))
             if do_eval and save_full:  # the checkpoint's history includes this step
@@ -407,7 +415,7 @@ def train(
                         ckpt.workdir / "merged.pt",
                         {"model": merged, "merged_steps": result.merged_steps, "merge_weights": weights},
                     )
-                emit(step, {"val_loss": result.val_loss, "val_loss_unmerged": result.val_loss_unmerged})
+            emit(step, {"val_loss": result.val_loss})
     if result.status == "finished" and not math.isfinite(result.val_loss):  # e.g. NaN weights at the end
         result.status = "diverged"
         result.error = f"non-finite validation loss ({result.val_loss}) after step {step}"

@@ -72,6 +72,7 @@ def test_diverged_trial_recorded_and_not_raised(finished_run: Path, tmp_path: Pa
     from mlflow import MlflowClient
 
     from windtunnel.laws import fit_laws
+    from windtunnel.orchestrator.identity import trial_key
     from windtunnel.orchestrator.tracking import ensure_experiment, ensure_parent_run, runs_from_mlflow
     from windtunnel.orchestrator.trial import execute_trial
 
@@ -81,7 +82,7 @@ def test_diverged_trial_recorded_and_not_raised(finished_run: Path, tmp_path: Pa
     exp_id = ensure_experiment(client, "nanfault")
     parent = ensure_parent_run(client, exp_id, "nanfault", {})
     sweep_dir = tmp_path / "sweep"
-    workdir = sweep_dir / cfg.config_hash()
+    workdir = sweep_dir / trial_key(cfg, "")  # a trial's folder: its content key (no data manifest given)
     shutil.copytree(finished_run, workdir)
     poison_weight(_drop_last(workdir))
     ctx = {

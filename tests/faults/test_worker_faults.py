@@ -190,7 +190,8 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> ChaosSweep:
                     continue
                 worker_pids.add(int(tags["pid"]))
                 cfg = RunConfig.model_validate_json(tags["run_config"])
-                inj = _inject(faults[0], int(tags["pid"]), run, out.sweep_dir / h, cfg.steps)
+                workdir = out.sweep_dir / tags["trial_key"]  # a trial's folder is its content key
+                inj = _inject(faults[0], int(tags["pid"]), run, workdir, cfg.steps)
                 if inj is not None:
                     out.injected[h] = inj
                     faults.pop(0)
@@ -246,7 +247,7 @@ def _assert_store_matches_trainer(chaos: ChaosSweep, h: str, run: Any) -> None:
     """The loss values in MLflow are the trainer's own record (the final checkpoint's history, which spans
     both attempts): nothing from the killed attempt was replaced by the retry or lost. That a resumed curve
     equals an uninterrupted one bit for bit is test_checkpoint_faults.py's job."""
-    state = load_checkpoint(checkpoints(chaos.sweep_dir / h)[-1])
+    state = load_checkpoint(checkpoints(chaos.sweep_dir / run.data.tags["trial_key"])[-1])
     trainer_curve = loss_curve([(s, m) for s, m in state["extra"]["history"]])
     stored = {m.step: m.value for m in MlflowClient(chaos.uri).get_metric_history(run.info.run_id, "loss")}
     assert stored == trainer_curve

@@ -22,7 +22,9 @@ import yaml
 from micro_spec import MICRO_DATA, micro_base
 from mlflow import MlflowClient
 
+from trainer.data import prepare_data
 from trainer.loop import train
+from windtunnel.orchestrator.identity import trial_key
 from windtunnel.orchestrator.spec import expand, parse_spec
 from windtunnel.orchestrator.tracking import effective_status, runs_from_mlflow, trial_runs
 
@@ -60,9 +62,10 @@ def test_crash_is_retried_then_failed_and_divergence_is_not_retried(tmp_path: Pa
     plan = expand(parse_spec(SPEC))
     crash = next(t for t in plan.trials if t.study == "crash")
     # a real checkpoint of another config (2 steps of training) in the crashing trial's workdir
-    # (<workdir>/<sweep>/<config hash>), as if two runs had been given the same folder
+    # (<workdir>/<sweep>/<trial key>), as if two runs had been given the same folder
     other = crash.run_cfg.with_overrides({"optim.lr": 2e-2, "optim.tokens": 1024})
-    assert train(other, workdir=tmp_path / "wt_runs" / "retry" / crash.config_hash).status == "finished"
+    key = trial_key(crash.run_cfg, prepare_data(crash.run_cfg).manifest_hash)
+    assert train(other, workdir=tmp_path / "wt_runs" / "retry" / key).status == "finished"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec_path), "--no-progress"]
     # its own process group, killed whatever happens: the driver's Ray processes must not outlive the test

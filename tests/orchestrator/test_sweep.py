@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 
 from trainer.config import RunConfig
 from trainer.flops import count_params, flops_per_token
+from windtunnel.orchestrator.identity import trial_key
 from windtunnel.orchestrator.tracking import effective_status, open_client, runs_from_mlflow, trial_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -127,14 +128,15 @@ def test_kill_resume_and_idempotence(tmp_path: Path) -> None:
         if effective_status(run) != "finished":
             continue
         cfg = RunConfig.model_validate_json(run.data.tags["run_config"])
-        assert cfg.config_hash() == h
+        assert trial_key(cfg, run.data.tags["manifest_hash"]) == h  # runs are found by content
+        assert run.data.tags["config_hash"] == cfg.config_hash()
         steps = cfg.steps
         expected = sorted(set(range(5, steps + 1, 5)) | {steps})
         loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         assert sorted(loss_steps) == expected  # complete, no duplicates after the resume
         val_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_loss")}
         assert steps in val_steps
-        row = df.loc[h]
+        row = df.loc[run.data.tags["config_hash"]]
         counts = count_params(cfg.model)
         m = flops_per_token(cfg.model)
         assert row.params == counts.active_nonembed and row.n_total == counts.total

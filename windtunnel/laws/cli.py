@@ -32,10 +32,14 @@ def _load_runs(args: argparse.Namespace) -> pd.DataFrame:
     if args.runs is not None:
         if not args.runs.exists():
             raise UserError(f"{args.runs}: no such file")
+        if args.runs.is_dir():
+            raise UserError(f"--runs: {args.runs} is a folder, not a run table CSV")
         try:
             return pd.read_csv(args.runs)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise UserError(f"{args.runs}: not a readable CSV ({err})") from None
+        except OSError as err:  # e.g. no permission to read it
+            raise UserError(f"--runs: cannot read {args.runs} ({err.strerror or err})") from None
     try:
         from windtunnel.orchestrator.tracking import runs_from_mlflow
     except ImportError as err:

@@ -2,14 +2,18 @@
 
 The spec is validated and expanded before anything starts: bad input is one line, exit 2, no Ray.
 Re-running the same YAML resumes it (finished trials are skipped, unfinished ones resume from checkpoints).
+One driver per sweep: a second ``windtunnel run`` of a running sweep exits 2 with
+``sweep X is already running (pid N, host H)``. The tracking store is ``--tracking-uri``, else the YAML's
+``tracking_uri`` when it sets one, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from windtunnel.cli import UserError
-from windtunnel.orchestrator.spec import Plan, SpecError, load_and_expand
+from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec, load_and_expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Ray cluster: auto | HOST:PORT | ray://HOST:10001 (Ray Client); default: local Ray",
     )
     parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow URI (default: the spec's, sqlite:///mlflow.db)"
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: the YAML's tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate and list the trials; touch no store, start nothing"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress table")
 
 
@@ -60,6 +68,16 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def tracking_uri(flag: str | None, spec: SweepSpec) -> str:
+    """``--tracking-uri``, else the YAML's ``tracking_uri`` if it sets one, else ``$MLFLOW_TRACKING_URI``,
+    else the spec's default (``sqlite:///mlflow.db``)."""
+    if flag:
+        return flag
+    if "tracking_uri" in spec.model_fields_set:
+        return spec.tracking_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or spec.tracking_uri
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         spec, plan = load_and_expand(args.sweep)
@@ -69,16 +87,17 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(plan_lines(plan)))
         return 0
     from windtunnel.orchestrator.driver import run_sweep
+    from windtunnel.orchestrator.sweeplock import SweepBusy
 
     try:
         out = run_sweep(
             spec,
             plan,
             address=args.address,
-            tracking_uri=args.tracking_uri,
+            tracking_uri=tracking_uri(args.tracking_uri, spec),
             show_progress=not args.no_progress,
         )
-    except SpecError as err:  # e.g. the data could not be prepared
+    except (SpecError, SweepBusy) as err:  # e.g. the data could not be prepared, the sweep runs elsewhere
         raise UserError(str(err)) from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(out.counts.items()))
     print(

@@ -6,6 +6,7 @@ ETA from the store = (trials not done) x (mean wall time of finished trials) / c
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ from windtunnel.orchestrator.progress import STATES, format_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow URI")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db",
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     parser.add_argument("--sweep", default=None, help="one sweep (default: every sweep in the store)")
 
 

@@ -1,11 +1,13 @@
 """The sweep driver: plan -> skip what the store records as done -> Ray Tune -> laws at the end.
 
-Resume and idempotence (trial identity = ``RunConfig.config_hash()``):
+Resume and idempotence (trial identity by content = ``identity.trial_key``: the resolved config, the data
+manifest hash and the trainer results version; one driver per sweep, ``sweeplock.SweepLock``):
 - fixed trials (grid/ladder) whose child run is ``finished``/``diverged``/``pruned`` are skipped; unfinished
-  ones run again and the trainer resumes from its checkpoint in ``<workdir>/<sweep>/<hash>``; the trial
-  finds its existing MLflow child run by hash and continues it (no second run, no duplicated steps);
-- search groups (one Optuna TPE search per study x budget x seed) tag their runs ``search_group``. On a
-  re-run, done points are replayed to ``OptunaSearch`` as ``points_to_evaluate`` + ``evaluated_rewards``
+  ones run again and the trainer resumes from its checkpoint in ``<workdir>/<sweep>/<trial key>``; the trial
+  finds its existing MLflow child run by key and continues it (no second run, no duplicated steps);
+- search groups (one Optuna TPE search per study x budget x seed) tag their runs ``search_group`` and
+  ``group_key`` (``identity.group_key``); only runs whose group key matches count. On a re-run, done points
+  are replayed to ``OptunaSearch`` as ``points_to_evaluate`` + ``evaluated_rewards``
   (so TPE conditions on them and they are not re-run), unfinished sampled points join the fixed trials
   (resumed from checkpoints), and only ``num_samples - already sampled`` new points are drawn.
 
@@ -23,7 +25,6 @@ themselves: use a tracking server (``--tracking-uri http://...``) and a ``workdi
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import zlib
@@ -39,9 +40,8 @@ from windtunnel.orchestrator.raycluster import (
     connect_cluster,
     ray_client_mode,
 )
-from windtunnel.orchestrator.spec import Plan, SearchGroup, SpecError, SweepSpec
-
-DIVERGED_REWARD = 1.0e3
+from windtunnel.orchestrator.resume import SearchPlan, belongs, plan_work, reuse_lines, trial_item
+from windtunnel.orchestrator.spec import Plan, SearchGroup, SweepSpec
 
 
 def resolve_tracking_uri(uri: str, base_dir: Path | None = None) -> str:
@@ -66,60 +66,7 @@ class SweepOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     laws_path: Path | None = None
     summary: list[str] = field(default_factory=list)
-
-
-def _item(
-    cfg: RunConfig, study: str, kind: str, budget: float | None, group: str | None = None
-) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "run_cfg": cfg.model_dump(mode="json"),
-        "study": study,
-        "kind": kind,
-        "budget": budget,
-    }
-    if group is not None:
-        item["search_group"] = group
-    return item
-
-
-def _prepare_data(configs: list[RunConfig]) -> str:
-    """``prepare_data`` once per distinct (data, vocab), on the driver; returns the manifest hashes."""
-    from trainer.data import prepare_data
-
-    seen: dict[str, str] = {}
-    for cfg in configs:
-        key = cfg.data.model_dump_json() + f"|{cfg.model.vocab_size}"
-        if key not in seen:
-            try:
-                seen[key] = prepare_data(cfg).manifest_hash
-            except (ValueError, OSError) as err:  # DataError is a ValueError: a user-input problem
-                raise SpecError(" ".join(f"data: {err}".split())) from None
-    return ",".join(sorted(set(seen.values())))
-
-
-@dataclass
-class SearchPlan:
-    """A search group's state at launch: trials left to draw, done points (replayed to TPE) and the LR grid
-    points not yet tried."""
-
-    group: SearchGroup
-    remaining: int
-    points: list[dict[str, Any]]
-    rewards: list[float]
-    grid: list[dict[str, Any]]
-
-
-def _grid_points(group: SearchGroup) -> list[dict[str, Any]]:
-    """``lr_grid`` points; with a batch search too, at the base batch size (or the middle choice)."""
-    lrs = group.search.lr_grid_values()
-    if not lrs:
-        return []
-    extra: dict[str, Any] = {}
-    choices = group.search.batch_size
-    if choices:
-        b = group.base_cfg.optim.batch_size
-        extra["batch_size"] = b if b in choices else choices[len(choices) // 2]
-    return [{"lr": lr, **extra} for lr in lrs]
+    run_ids: set[str] = field(default_factory=set)  # the store's runs of this spec's trials (the fit's)
 
 
 def _search_space(group: SearchGroup) -> dict[str, Any]:
@@ -160,10 +107,46 @@ def run_sweep(
     show_progress: bool = True,
     log_flush_s: float = 10.0,
 ) -> SweepOutcome:
-    """Run (or resume) a sweep. See the module docstring for the resume rules."""
+    """Run (or resume) a sweep. See the module docstring for the resume rules.
 
+    Before the tracking store is touched: the sweep folder is created and locked (``SweepLock``: a second
+    driver of the sweep raises ``SweepBusy``), the store is checked writable and every trial's data prepared
+    (``preflight.py``); each failure is one line and leaves the store unchanged.
+    """
+    from windtunnel.orchestrator.preflight import (
+        check_local_resources,
+        check_store_writable,
+        make_sweep_dir,
+        prepare_manifests,
+    )
+    from windtunnel.orchestrator.sweeplock import SweepLock
+
+    t_start = time.perf_counter()
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    sweep_dir = make_sweep_dir(spec.workdir, spec.name)
+    with SweepLock(sweep_dir, spec.name):
+        if not address:
+            check_local_resources(spec)
+        check_store_writable(uri)
+        manifests = prepare_manifests([t.run_cfg for t in plan.trials] + [g.base_cfg for g in plan.searches])
+        outcome = _run_locked(spec, plan, uri, sweep_dir, manifests, address, show_progress, log_flush_s)
+    outcome.wall_s = time.perf_counter() - t_start
+    return outcome
+
+
+def _run_locked(
+    spec: SweepSpec,
+    plan: Plan,
+    uri: str,
+    sweep_dir: Path,
+    manifests: dict[str, str],
+    address: str | None,
+    show_progress: bool,
+    log_flush_s: float,
+) -> SweepOutcome:
+    from windtunnel.orchestrator.fitting import fit_at_end
+    from windtunnel.orchestrator.progress import SweepProgress, make_callback
     from windtunnel.orchestrator.tracking import (
-        DONE_STATUSES,
         effective_status,
         ensure_experiment,
         ensure_parent_run,
@@ -174,10 +157,6 @@ def run_sweep(
     from windtunnel.orchestrator.validation import check_target
 
     check_target(spec)  # a target the ladder cannot size fails now, not after the ladder
-    t_start = time.perf_counter()
-    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    sweep_dir = (Path(spec.workdir) / spec.name).resolve()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     client = open_client(uri)
     exp_id = ensure_experiment(client, spec.name)
     parent_id = ensure_parent_run(
@@ -187,55 +166,8 @@ def run_sweep(
         {"n_trials": plan.n_trials, "concurrency": spec.concurrency, "spec": spec.model_dump_json()},
     )
     existing = trial_runs(client, exp_id)
-    done_counts: dict[str, int] = {}
-
-    def is_done(h: str) -> bool:
-        run = existing.get(h)
-        return run is not None and effective_status(run) in DONE_STATUSES
-
-    fixed: list[dict[str, Any]] = []
-    for t in plan.trials:
-        if is_done(t.config_hash):
-            st = effective_status(existing[t.config_hash])
-            done_counts[st] = done_counts.get(st, 0) + 1
-        else:
-            fixed.append(_item(t.run_cfg, t.study, t.kind, t.budget))
-    searches: list[SearchPlan] = []
-    for g in plan.searches:
-        runs = [r for r in existing.values() if r.data.tags.get("search_group") == g.key]
-        points, rewards = [], []
-        tried = [float(r.data.params["optim.lr"]) for r in runs if "optim.lr" in r.data.params]
-        for r in runs:
-            status = effective_status(r)
-            point = {}
-            if g.search.lr is not None:
-                point["lr"] = float(r.data.params["optim.lr"])
-            if g.search.batch_size is not None:
-                point["batch_size"] = int(r.data.params["optim.batch_size"])
-            if status in DONE_STATUSES:
-                done_counts[status] = done_counts.get(status, 0) + 1
-                if status == "diverged":
-                    reward = DIVERGED_REWARD
-                elif status == "pruned":
-                    reward = float(r.data.metrics.get("val_loss", DIVERGED_REWARD))
-                else:
-                    reward = float(r.data.metrics.get("rt.loss", DIVERGED_REWARD))
-                points.append(point)
-                rewards.append(reward)
-            else:  # sampled before an interruption: resume it as a fixed trial
-                if "run_config" in r.data.tags:  # the exact config the trial ran with
-                    cfg = RunConfig.model_validate_json(r.data.tags["run_config"])
-                else:
-                    cfg = g.base_cfg.with_overrides(
-                        {f"optim.{k}": v for k, v in point.items()}
-                        | {"name": r.data.tags.get("run_name", "run")}
-                    )
-                fixed.append(_item(cfg, g.study, "search", g.budget, g.key))
-        remaining = max(0, g.search.num_samples - len(runs))
-        grid = [p for p in _grid_points(g) if not any(math.isclose(p["lr"], x, rel_tol=1e-6) for x in tried)]
-        searches.append(SearchPlan(g, remaining, points, rewards, grid[:remaining]))
-    n_launch = len(fixed) + sum(s.remaining for s in searches)
-    n_skipped = sum(done_counts.values())
+    work = plan_work(plan, existing, manifests)
+    n_launch = len(work.fixed) + sum(s.remaining for s in work.searches)
     ctx = {
         "tracking_uri": uri,
         "experiment_id": exp_id,
@@ -245,31 +177,29 @@ def run_sweep(
         "cpus": spec.resources.cpus,
         "log_flush_s": log_flush_s,
     }
-    from windtunnel.orchestrator.progress import SweepProgress, make_callback
-
-    progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(done_counts))
+    progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(work.done_counts))
     if n_launch:
-        all_cfgs = [RunConfig.from_dict(i["run_cfg"]) for i in fixed] + [s.group.base_cfg for s in searches]
-        ctx["manifest_hash"] = _prepare_data(all_cfgs)
-        _run_tuners(spec, ctx, fixed, searches, address, sweep_dir, progress, show_progress, make_callback)
+        _run_tuners(
+            spec, ctx, work.fixed, work.searches, address, sweep_dir, progress, show_progress, make_callback
+        )
     with_retry(client.set_tag, parent_id, "status", "finished")
-    outcome = SweepOutcome(
-        spec.name, uri, parent_id, plan.n_trials, n_skipped, n_launch, time.perf_counter() - t_start
-    )
-    final = trial_runs(client, exp_id)
-    for run in final.values():
-        st = effective_status(run)
-        outcome.counts[st] = outcome.counts.get(st, 0) + 1
-    from windtunnel.orchestrator.fitting import fit_at_end
-
+    n_skipped = sum(work.done_counts.values())
+    outcome = SweepOutcome(spec.name, uri, parent_id, plan.n_trials, n_skipped, n_launch, 0.0)
+    outcome.summary.extend(reuse_lines(work, existing, n_skipped))
+    for run in trial_runs(client, exp_id).values():
+        if belongs(run, work):
+            outcome.run_ids.add(run.info.run_id)
+            st = effective_status(run)
+            outcome.counts[st] = outcome.counts.get(st, 0) + 1
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
     if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
         from windtunnel.orchestrator.spec_target import TARGET_STUDY
         from windtunnel.orchestrator.validation import run_target_phase
 
-        def launch(cfgs: list[RunConfig], budget: float) -> None:
-            items = [_item(c, TARGET_STUDY, "target", budget) for c in cfgs]
-            ctx["manifest_hash"] = _prepare_data(cfgs)
+        def launch(cfgs: list[RunConfig], keys: list[str], manifests: list[str], budget: float) -> None:
+            items = [
+                trial_item(c, TARGET_STUDY, "target", budget, m) for c, m in zip(cfgs, manifests, strict=True)
+            ]
             target_progress = SweepProgress(f"{spec.name} target", len(items))
             _run_tuners(
                 spec, ctx, items, [], address, sweep_dir, target_progress, show_progress, make_callback
@@ -319,13 +249,14 @@ def _run_tuners(
         else:
             # its own Ray: never a cluster that RAY_ADDRESS or an earlier `ray start` here points to
             ray.init(address="local", **kwargs)
+            _watch_local_ray()
     check_cluster_fits(spec, ray.cluster_resources())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     active = [s for s in searches if s.remaining > 0]
     sources, schedulers, group_items = [], {}, []
     for gi, sp in enumerate(active):
         g = sp.group
-        group_items.append(_item(g.base_cfg, g.study, "search", g.budget, g.key))
+        group_items.append(trial_item(g.base_cfg, g.study, "search", g.budget, sp.manifest, g.key, sp.gkey))
         sources.append(
             GroupSource(
                 key=g.key,
@@ -381,14 +312,22 @@ def _run_tuners(
             live.stop()
 
 
-def _cost(cfg: RunConfig) -> float:
-    """A trial's cost for longest-work-first ordering: training FLOPs with the output layer,
-    D * (M + 6 * d_model * vocab). M alone leaves out the head, which dominates tiny models: an IsoFLOP
-    profile's smallest model has the most tokens and is the slowest trial at its budget."""
-    from trainer.flops import flops_per_token
+_WATCHDOG: list[Any] = []
 
-    head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
-    return (float(flops_per_token(cfg.model)) + head) * float(cfg.optim.tokens)
+
+def _watch_local_ray() -> None:
+    """One ``raywatch`` watchdog per driver process: its Ray stops with it, even after ``kill -9``."""
+    from windtunnel.orchestrator.raywatch import start_watchdog
+
+    if not _WATCHDOG or _WATCHDOG[0].poll() is not None:
+        _WATCHDOG[:] = [start_watchdog()]
+
+
+def _cost(cfg: RunConfig) -> float:
+    """A trial's cost for longest-work-first ordering (``expand.trial_cost``)."""
+    from windtunnel.orchestrator.expand import trial_cost
+
+    return trial_cost(cfg)
 
 
 def _optuna_searcher(sp: SearchPlan) -> Any:

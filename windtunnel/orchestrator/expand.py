@@ -6,7 +6,9 @@
   lr_opt / batch_opt laws (Ling "Towards Greater Leverage" sec. 3; the built-in ``ling`` law set);
 - search: one ``SearchGroup`` per (study, budget, seed), tokens = C / M (M of the budget's model when the
   search lists one model per budget).
-Trials are deduplicated by ``RunConfig.config_hash()``.
+Trials are deduplicated by ``RunConfig.config_hash()``. The expanded plan is then checked (``check_plan``):
+every number of every trial finite, at most ``limits.max_trials`` trials, none costing more than
+``limits.max_trial_flops`` (cost = D * (M + 6 * d_model * vocab), ``trial_cost``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trainer.config import ConfigError, RunConfig
-from windtunnel.orchestrator.spec import SearchStudy, SpecError, Study, SweepSpec, _friendly, _one_line
+from windtunnel.orchestrator.spec import (
+    SearchStudy,
+    SpecError,
+    Study,
+    SweepSpec,
+    _friendly,
+    _one_line,
+    check_finite,
+)
 
 
 @dataclass
@@ -65,9 +75,18 @@ def _fpt(model_cfg: Any) -> float:
     return float(flops_per_token(model_cfg))
 
 
+MAX_LAYERS = 10_000  # FLOP and parameter counts walk the layers: a typo of 1e30 layers would never return
+
+
+def _check_depth(cfg: RunConfig, where: str) -> RunConfig:
+    if cfg.model.n_layers > MAX_LAYERS:
+        raise SpecError(f"{where}: model.n_layers ({cfg.model.n_layers}) must be <= {MAX_LAYERS}")
+    return cfg
+
+
 def _apply(cfg: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
     try:
-        return cfg.with_overrides(overrides)
+        return _check_depth(cfg.with_overrides(overrides), where)
     except ConfigError as err:
         msg = _friendly(str(err))
         if len(overrides) == 1:
@@ -161,9 +180,43 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def trial_cost(cfg: RunConfig) -> float:
+    """A trial's training FLOPs with the output layer, D * (M + 6 * d_model * vocab). M alone leaves out the
+    head, which dominates tiny models (an IsoFLOP profile's smallest model is its slowest trial)."""
+    head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
+    return (_fpt(cfg.model) + head) * float(cfg.optim.tokens)
+
+
+def check_plan(spec: SweepSpec, plan: Plan) -> None:
+    """Refuse a plan with a non-finite number, more trials than ``limits.max_trials`` or a trial costing more
+    than ``limits.max_trial_flops`` (one line naming the study, the limit and how to raise it)."""
+    lim = spec.limits
+    if plan.n_trials > lim.max_trials:
+        raise SpecError(
+            f"limits.max_trials: the sweep expands to {plan.n_trials} trials, more than {lim.max_trials};"
+            " raise limits.max_trials to run it"
+        )
+    configs = [(t.study, t.run_cfg) for t in plan.trials] + [(g.study, g.base_cfg) for g in plan.searches]
+    for study, cfg in configs:
+        check_finite(cfg.model_dump(mode="python"), f"studies[{study}].trial")
+        cost = trial_cost(cfg)
+        if not cost <= lim.max_trial_flops:
+            raise SpecError(
+                f"limits.max_trial_flops: a trial of study {study} costs {cost:.3g} training FLOPs "
+                f"({cfg.optim.tokens:.3g} tokens), more than the limit {lim.max_trial_flops:.3g} "
+                "(1e21 is ~700 H100-hours); raise limits.max_trial_flops to run it"
+            )
+
+
 def expand(spec: SweepSpec) -> Plan:
-    """Expand the studies into trials (deduplicated by config hash) and search groups."""
-    base0 = spec.base_config()
+    """Expand the studies into trials (deduplicated by config hash) and search groups; ``check_plan``."""
+    plan = _expand(spec)
+    check_plan(spec, plan)
+    return plan
+
+
+def _expand(spec: SweepSpec) -> Plan:
+    base0 = _check_depth(spec.base_config(), "base")
     trials: list[Trial] = []
     searches: list[SearchGroup] = []
     seen: set[str] = set()

@@ -10,8 +10,11 @@ A sweep has a ``base`` RunConfig and a list of ``studies``; each study expands i
   ``lr_opt``/``batch_opt`` laws (the Ling "wind tunnel", Ling 2.0 report sec. 3);
 - ``search``: per budget C, an Optuna TPE search over learning rate and/or batch size (run by the driver).
 
-Every trial is a complete ``RunConfig``; its identity is ``RunConfig.config_hash()``. Bad input raises
-``SpecError`` with ONE line naming the field path, e.g. ``studies[0].grid.optim.lr: empty list``.
+Every trial is a complete ``RunConfig``; which stored result it may reuse is decided by content
+(``identity.py``). Bad input raises ``SpecError`` with ONE line naming the field path, e.g.
+``studies[0].grid.optim.lr: empty list``. Every number must be finite (``inf``/``nan``, and YAML numbers
+too large for a float such as ``1e400``, are refused with their path) and within the bounds below; a trial
+costing more than ``limits.max_trial_flops`` training FLOPs is refused unless the YAML raises the limit.
 """
 
 from __future__ import annotations
@@ -35,11 +38,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch's is wider)
+DEFAULT_MAX_TRIAL_FLOPS = 1.0e21
+
+
 class Resources(_Strict):
     """Resources per trial (Ray Tune ``with_resources``); torch threads = ``cpus``."""
 
-    cpus: float = Field(1.0, gt=0, description="CPUs per trial; torch.set_num_threads(max(1, int(cpus)))")
-    gpus: float = Field(0.0, ge=0, description="GPU fraction per trial (e.g. 0.25 packs 4 trials on one GPU)")
+    cpus: float = Field(
+        1.0, gt=0, le=1024, description="CPUs per trial; torch.set_num_threads(max(1, int(cpus)))"
+    )
+    gpus: float = Field(
+        0.0, ge=0, le=64, description="GPU fraction per trial (e.g. 0.25 packs 4 trials on one GPU)"
+    )
+
+
+class Limits(_Strict):
+    """Refuse sweeps that could not finish: raise these in the YAML to run more on purpose.
+
+    A trial's cost is its training FLOPs with the output layer, D * (M + 6 * d_model * vocab). The default
+    ``max_trial_flops`` = 1e21 is about 3.6 days on 8 H100s at a sustained 4e14 FLOP/s each (40 % of the dense
+    BF16 peak; ~700 H100-hours; the largest trial of experiments/ling_windtunnel.yaml costs 1.7e20), and
+    centuries on a 2-core CPU: a budget typed a few exponents too high is refused, not run until killed.
+    """
+
+    max_trial_flops: float = Field(
+        DEFAULT_MAX_TRIAL_FLOPS, gt=0, description="largest training FLOPs of one trial (with the head)"
+    )
+    max_trials: int = Field(10_000, ge=1, le=10_000_000, description="largest number of trials in the sweep")
 
 
 class LogRange(_Strict):
@@ -64,10 +90,11 @@ class SearchStudy(_Strict):
     batch_size: list[int] | None = Field(
         None, min_length=1, description="batch sizes (sequences) to choose from"
     )
-    num_samples: int = Field(8, ge=1, description="trials per budget")
+    num_samples: int = Field(8, ge=1, le=100_000, description="trials per budget")
     lr_grid: int = Field(
         0,
         ge=0,
+        le=100_000,
         description="first run this many log-spaced LRs spanning lr.low..lr.high (ends included) at every "
         "budget; TPE conditions on them and samples the other num_samples - lr_grid trials",
     )
@@ -80,7 +107,7 @@ class SearchStudy(_Strict):
     scheduler: Literal["asha", "median", "none"] = Field("asha", description="pruning of clearly bad trials")
     grace_fraction: float = Field(0.3, gt=0, le=1, description="share of tokens before a trial may be pruned")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA reduction factor")
-    seed: int = Field(0, description="TPE sampler seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="TPE sampler seed")
 
     @model_validator(mode="after")
     def _check(self) -> SearchStudy:
@@ -120,13 +147,13 @@ class LadderRule(_Strict):
     d_ffn = ffn_mult * d_model (rounded to 8), MoE d_expert = 2 * d_model / granularity (G = 2 d/d_e).
     """
 
-    n_sizes: int = Field(ge=1)
-    d_model_min: int = Field(ge=8)
-    d_model_max: int = Field(ge=8)
-    head_dim: int = Field(16, ge=2)
+    n_sizes: int = Field(ge=1, le=1000)
+    d_model_min: int = Field(ge=8, le=1_000_000)
+    d_model_max: int = Field(ge=8, le=1_000_000)
+    head_dim: int = Field(16, ge=2, le=100_000)
     aspect_ratio: float = Field(64.0, gt=0, description="d_model / n_layers")
     ffn_mult: float = Field(2.75, gt=0)
-    kv_ratio: int = Field(1, ge=1, description="n_heads / n_kv_heads")
+    kv_ratio: int = Field(1, ge=1, le=100_000, description="n_heads / n_kv_heads")
     granularity: float | None = Field(None, gt=0, description="MoE only: G = 2 d_model / d_expert")
 
     @model_validator(mode="after")
@@ -199,6 +226,11 @@ class Study(_Strict):
     seeds: list[int] | None = Field(None, min_length=1, description="defaults to the sweep's seeds")
 
     @model_validator(mode="after")
+    def _check_seeds(self) -> Study:
+        _check_seed_list(self.seeds or [])
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> Study:
         if self.grid is None and self.ladder is None and self.search is None:
             raise ValueError("give one of grid, ladder or search")
@@ -216,7 +248,7 @@ class FitSpec(_Strict):
     """What to fit at the end of the sweep (``windtunnel.laws.fit_laws``)."""
 
     laws: list[str] | None = Field(None, description="law names; all that the runs support when unset")
-    bootstrap: int = Field(50, ge=0)
+    bootstrap: int = Field(50, ge=0, le=100_000)
     max_extrapolation_decades: float = Field(
         5.0,
         gt=0,
@@ -233,15 +265,23 @@ class SweepSpec(_Strict):
     )
     description: str = ""
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow URI; relative sqlite paths = cwd")
-    workdir: str = Field("wt_runs", description="trial workdirs go to <workdir>/<sweep>/<config hash>")
+    workdir: str = Field(
+        "wt_runs",
+        description="trial workdirs go to <workdir>/<sweep>/<trial key>; the driver locks <workdir>/<sweep>",
+    )
     data: DataConfig | None = Field(None, description="replaces base.data for every trial")
     base: RunConfig = Field(default_factory=RunConfig, description="the RunConfig every trial starts from")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
-    concurrency: int = Field(2, ge=1, description="max trials at once")
-    retries: int = Field(1, ge=0, description="re-runs of a crashing trial (diverged runs are not retried)")
-    min_runs_to_fit: int = Field(6, ge=1, description="finished runs needed before fitting laws")
+    concurrency: int = Field(2, ge=1, le=100_000, description="max trials at once")
+    retries: int = Field(
+        1, ge=0, le=100, description="re-runs of a crashing trial (diverged runs are not retried)"
+    )
+    min_runs_to_fit: int = Field(
+        6, ge=1, le=10_000_000, description="finished runs needed before fitting laws"
+    )
     fit: FitSpec = Field(default_factory=FitSpec)
+    limits: Limits = Field(default_factory=Limits, description="what a sweep may cost before it is refused")
     studies: list[Study] = Field(min_length=1)
     target: TargetSpec | None = Field(None, description="a run beyond the ladder, predicted before training")
 
@@ -251,12 +291,43 @@ class SweepSpec(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate study names: {sorted(dup)}")
+        _check_seed_list(self.seeds)
         return self
 
     def base_config(self) -> RunConfig:
         if self.data is None:
             return self.base
         return self.base.model_copy(update={"data": self.data})
+
+
+def _check_seed_list(seeds: list[int]) -> None:
+    for i, s in enumerate(seeds):
+        if not 0 <= s <= MAX_SEED:
+            raise ValueError(f"seeds[{i}]: must be in 0..{MAX_SEED}, got {s}")
+
+
+def non_finite(data: Any, path: str = "") -> tuple[str, float] | None:
+    """The first non-finite float in nested dicts/lists (``(path, value)``), or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path or "<root>", data
+    if isinstance(data, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in data.items())
+    elif isinstance(data, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(data))
+    else:
+        return None
+    for sub, value in items:
+        found = non_finite(value, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(data: Any, where: str = "") -> None:
+    """``SpecError`` naming the first number that is inf or nan (YAML ``.inf``, ``.nan``, ``1.0e+400``)."""
+    found = non_finite(data, where)
+    if found is not None:
+        raise SpecError(f"{found[0]}: must be a finite number, got {found[1]}")
 
 
 def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
@@ -305,10 +376,13 @@ def format_spec_error(err: ValidationError) -> str:
 def parse_spec(data: Any, source: str = "<spec>") -> SweepSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    check_finite(data)  # before pydantic: its messages for inf differ by field type
     try:
-        return SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(format_spec_error(err)) from None
+    check_finite(spec.model_dump(mode="python"))  # numbers given as strings ("1e400") end up here
+    return spec
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -340,7 +414,7 @@ def load_and_expand(path: str | Path) -> tuple[SweepSpec, Plan]:
         return spec, expand(spec)
     except SpecError:
         raise
-    except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError) as err:
+    except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError, ArithmeticError) as err:
         raise SpecError(_one_line(f"{path}: {type(err).__name__}: {err}")) from None
 
 

@@ -2,9 +2,10 @@
 
 Layout in the store (experiment = sweep name):
 - parent run: tags ``windtunnel.role=parent``, ``sweep``; artifacts laws.json and figures at the end;
-- child run per trial (identity = config hash): tags ``mlflow.parentRunId``, ``windtunnel.role=trial``,
-  ``sweep, config_hash, status`` (running/finished/diverged/pruned/failed), ``family, study, kind,
-  manifest_hash``; params = the full RunConfig flattened (``optim.lr`` ...); per-step metrics (``loss``,
+- child run per trial (identity = ``trial_key``, see ``identity.py``): tags ``mlflow.parentRunId``,
+  ``windtunnel.role=trial``, ``sweep, trial_key, config_hash, status`` (running/finished/diverged/pruned/
+  failed), ``family, study, kind, manifest_hash, trainer_results_version`` (search trials: ``search_group,
+  group_key``); params = the full RunConfig flattened (``optim.lr`` ...); per-step metrics (``loss``,
   ``val_loss``, ``lr``, ...) logged in batches with ``MlflowClient.log_batch`` (<= 1,000 metrics a call);
   the DESIGN.md run-table row as ``rt.*`` metrics (``rt.params, rt.n_total, ..., rt.loss``).
 
@@ -151,13 +152,16 @@ def effective_status(run: Any) -> str:
 
 
 def trial_runs(client: MlflowClient, exp_id: str) -> dict[str, Any]:
-    """config hash -> child run (the most advanced one if a hash somehow appears twice)."""
+    """trial key -> child run (the most advanced one if a key somehow appears twice). A run written without a
+    ``trial_key`` tag is keyed ``config_hash:<hash>``: it matches no trial key, so it is never reused."""
     rank = {"finished": 4, "diverged": 3, "pruned": 2, "failed": 1, "stopped": 0, "running": 0}
     out: dict[str, Any] = {}
     for run in search_all(client, exp_id, f"tags.`{ROLE}` = 'trial'"):
-        h = run.data.tags.get("config_hash")
+        h = run.data.tags.get("trial_key")
         if h is None:
-            continue
+            if "config_hash" not in run.data.tags:
+                continue
+            h = "config_hash:" + run.data.tags["config_hash"]
         old = out.get(h)
         if old is None or rank.get(effective_status(run), 0) > rank.get(effective_status(old), 0):
             out[h] = run
@@ -230,10 +234,11 @@ class TrialLogger:
             ) from err
 
     def _find_run(self) -> Any | None:
-        """This trial's child run by config hash (one try: the callers retry within the deadline)."""
-        h = self.tags["config_hash"]
+        """This trial's child run by trial key (one try: the callers retry within the deadline)."""
+        tag = "trial_key" if "trial_key" in self.tags else "config_hash"
+        h = self.tags[tag]
         found = self.client.search_runs(
-            [self.exp_id], f"tags.`{ROLE}` = 'trial' and tags.config_hash = '{h}'", max_results=10
+            [self.exp_id], f"tags.`{ROLE}` = 'trial' and tags.{tag} = '{h}'", max_results=10
         )
         return found[0] if found else None
 
@@ -262,7 +267,7 @@ class TrialLogger:
 
     def _create_run(self) -> str:
         """Create the child run. ``create_run`` is not idempotent: a call whose answer was lost (server gone
-        mid-request) may have created the run, so every retry first looks for it by config hash."""
+        mid-request) may have created the run, so every retry first looks for it by trial key."""
         tags = {"mlflow.parentRunId": self.parent_run_id, ROLE: "trial", "status": "running", "attempts": "1"}
         tags.update(self.tags)
 
@@ -455,7 +460,12 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
         reason = t.get("pruned_reason", "") if row["status"] == "pruned" else t.get("reason", "")
         if row["status"] == "finished":
             reason = ""
-        row.update(study=t.get("study", ""), config_hash=h, reason=reason)
+        row.update(
+            study=t.get("study", ""),
+            config_hash=t.get("config_hash", h),
+            trial_key=t.get("trial_key", ""),
+            reason=reason,
+        )
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

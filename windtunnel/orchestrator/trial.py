@@ -48,22 +48,34 @@ def run_table_row(cfg: RunConfig, tokens: float, loss: float) -> dict[str, float
 
 
 def trial_tags(cfg: RunConfig, meta: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
-    h = cfg.config_hash()
+    """The child run's tags; ``trial_key`` (``identity.trial_key``) is the identity a re-run matches."""
+    from trainer.loop import RESULTS_VERSION
+    from windtunnel.orchestrator.identity import trial_key
+
+    manifest = _manifest(meta, ctx)
     tags = {
         "sweep": ctx["sweep"],
-        "config_hash": h,
+        "trial_key": trial_key(cfg, manifest),
+        "config_hash": cfg.config_hash(),
+        "trainer_results_version": str(RESULTS_VERSION),
         "family": cfg.model.family,
         "study": meta.get("study", ""),
         "kind": meta.get("kind", ""),
-        "manifest_hash": ctx.get("manifest_hash", ""),
+        "manifest_hash": manifest,
         "run_name": cfg.name,
         "run_config": cfg.model_dump_json(),  # the full RunConfig (RunConfig.model_validate_json)
     }
     if meta.get("search_group"):
         tags["search_group"] = str(meta["search_group"])
+        tags["group_key"] = str(meta.get("group_key", ""))
     if meta.get("budget") is not None:
         tags["budget"] = f"{meta['budget']:.6g}"
     return tags
+
+
+def _manifest(meta: dict[str, Any], ctx: dict[str, Any]) -> str:
+    """The data manifest hash the driver prepared for this trial (``preflight.prepare_manifests``)."""
+    return str(meta.get("manifest_hash", ctx.get("manifest_hash", "")))
 
 
 def execute_trial(
@@ -80,14 +92,15 @@ def execute_trial(
     from trainer.loop import train
     from windtunnel.orchestrator.tracking import TrialLogger, flatten, with_retry
 
-    h = cfg.config_hash()
+    tags = trial_tags(cfg, meta, ctx)
+    h = tags["trial_key"]
     workdir = Path(ctx["sweep_dir"]) / h
     workdir.mkdir(parents=True, exist_ok=True)
     logger = TrialLogger(
         ctx["tracking_uri"],
         ctx["experiment_id"],
         ctx["parent_run_id"],
-        trial_tags(cfg, meta, ctx),
+        tags,
         flatten(cfg.model_dump(mode="json")),
         flush_s=float(ctx.get("log_flush_s", 10.0)),
     )

@@ -165,10 +165,12 @@ def run_target_phase(
     parent_run_id: str,
     sweep_dir: Path,
     outcome: Any,
-    launch: Callable[[list[RunConfig], float], None],
+    launch: Callable[[list[RunConfig], list[str], list[str], float], None],
 ) -> dict[str, Any] | None:
     """Steps 2-5 of the module docstring; lines go to ``outcome.summary``; returns summary.json's dict."""
     from windtunnel.laws import load_laws
+    from windtunnel.orchestrator.identity import data_key, trial_key
+    from windtunnel.orchestrator.preflight import prepare_manifests
     from windtunnel.orchestrator.tracking import runs_from_mlflow
     from windtunnel.orchestrator.validation_report import write_report
     from windtunnel.predict import laws_sha256, point_from_model, predict_loss
@@ -190,12 +192,17 @@ def run_target_phase(
     if spec.target.predict_before:
         pred, line = _record(tracking_uri, spec.name, pred, parent_run_id)
         summary.append(line)
+    manifests = prepare_manifests(cfgs)
+    hashes = [manifests[data_key(c)] for c in cfgs]
+    keys = [trial_key(c, m) for c, m in zip(cfgs, hashes, strict=True)]
     df = runs_from_mlflow(tracking_uri, spec.name)
-    done = set(df.loc[df["status"].isin(["finished", "diverged"]), "config_hash"])
-    todo = [cfg for cfg in cfgs if cfg.config_hash() not in done]
+    done = set(df.loc[df["status"].isin(["finished", "diverged"]), "trial_key"])
+    todo = [i for i, k in enumerate(keys) if k not in done]  # identity by content, as for every trial
     if todo:
-        launch(todo, c_target)
+        launch([cfgs[i] for i in todo], [keys[i] for i in todo], [hashes[i] for i in todo], c_target)
         df = runs_from_mlflow(tracking_uri, spec.name)
+    # this sweep's ladder and its target only: runs of an earlier, changed sweep stay in the store
+    df = df[df["run_id"].isin(outcome.run_ids) | df["trial_key"].isin(keys)]
     return write_report(
         spec, df, lawset, pred, cfgs, c_target, tracking_uri, parent_run_id, sweep_dir, summary
     )
