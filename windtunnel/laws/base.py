@@ -36,7 +36,7 @@ class Law:
         """The laws.json entry; ci95 lists only finite intervals (none without a bootstrap); NaN -> null."""
         return {
             "form": self.form,
-            "coefficients": {k: _jsonable(float(v)) for k, v in self.coefficients.items()},
+            "coefficients": {k: jsonable(float(v)) for k, v in self.coefficients.items()},
             "ci95": {
                 k: [float(lo), float(hi)]
                 for k, (lo, hi) in self.ci95.items()
@@ -44,9 +44,9 @@ class Law:
             },
             "n_runs": int(self.n_runs),
             "run_ids": [str(r) for r in self.run_ids],
-            "backtest": _jsonable(self.backtest),
-            "samples": {k: _jsonable([float(x) for x in v]) for k, v in self.samples.items()},
-            "notes": _jsonable(self.notes),
+            "backtest": jsonable(self.backtest),
+            "samples": {k: jsonable([float(x) for x in v]) for k, v in self.samples.items()},
+            "notes": jsonable(self.notes),
         }
 
     @classmethod
@@ -67,15 +67,16 @@ class Law:
         )
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays as Python numbers/lists and non-finite floats as None (JSON null)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        return [jsonable(v) for v in obj.tolist()]
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj

@@ -25,6 +25,7 @@ from windtunnel.laws.base import (
     relative_errors,
 )
 from windtunnel.laws.powerlaw import fit_powerlaw_batched
+from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
 
 NEAR_OPTIMAL_BAND = 0.0025
 
@@ -136,3 +137,22 @@ def fit_steplaw(runs: pd.DataFrame, band: float = NEAR_OPTIMAL_BAND) -> dict[str
         "n_cells": int(sel[["params", "tokens"]].drop_duplicates().shape[0]),
         "n_band_runs": int(len(sel)),
     }
+
+
+def _hparam_spec(name: str, column: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_hparam_law(runs, name, column, n_boot=opts.n_boot, rng=opts.rng, band=opts.band)
+
+    return LawSpec(
+        name=name,
+        columns=("compute", column, "loss"),
+        subset="primary",
+        fit=fit,
+        evaluate=power_value,
+        rank=rank,
+        signs=(("a", 1),),
+    )
+
+
+register(_hparam_spec("lr_opt", "lr", 10))
+register(_hparam_spec("batch_opt", "batch_tokens", 11))

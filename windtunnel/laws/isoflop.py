@@ -26,6 +26,7 @@ import pandas as pd
 from windtunnel.laws.base import Law, LawError, budget_labels, percentile_ci, relative_errors
 from windtunnel.laws.optim import batched_lbfgs, huber
 from windtunnel.laws.profile import Optima, isoflop_optima
+from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
 
 PARABOLA_DELTA = 0.01
 S_MIN = 1e-3  # floor on a budget's bootstrap std of log X* (in the weights): no budget dominates the fit
@@ -208,3 +209,23 @@ def backtest_isoflop(runs: pd.DataFrame, name: str, column: str) -> dict:
         return {"skipped": str(err)}
     pred = law.coefficients["a"] * top.centers_K ** law.coefficients["b"]
     return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, top.xstar_RK[0])}
+
+
+def _isoflop_spec(name: str, column: str, subset: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_isoflop_law(runs, name, column, n_boot=opts.n_boot, rng=opts.rng)
+
+    return LawSpec(
+        name=name,
+        columns=("compute", column, "loss"),
+        subset=subset,
+        fit=fit,
+        evaluate=power_value,
+        rank=rank,
+        signs=(("a", 1), ("b", 1)),  # a larger budget never buys a smaller optimal model or dataset
+    )
+
+
+for _rank, (_base, _column) in enumerate((("m_opt", "m"), ("params_opt", "params"), ("d_opt", "tokens"))):
+    register(_isoflop_spec(_base, _column, "primary", 20 + _rank))
+    register(_isoflop_spec(f"{_base}_dense", _column, "dense", 23 + _rank))

@@ -35,6 +35,7 @@ from windtunnel.laws.base import (
     relative_errors,
 )
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND, band_mask
+from windtunnel.laws.registry import FitOptions, LawSpec, register
 
 STEPLAW_LAWS = ("steplaw_lr", "steplaw_batch")
 STEPFUN_PUBLISHED = {
@@ -206,3 +207,30 @@ def backtest_steplaw(
         name, law.coefficients, cells["params"].to_numpy()[top], cells["tokens"].to_numpy()[top]
     )
     return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, obs)}
+
+
+def _steplaw_spec(name: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_steplaw_law(runs, name, n_boot=opts.n_boot, rng=opts.rng, band=opts.band)
+
+    def evaluate(coef: dict, x) -> np.ndarray:
+        N, D = x
+        return steplaw_value(name, coef, N, D)
+
+    def by_default(runs: pd.DataFrame, both_families: bool) -> bool:
+        return steplaw_problem(runs, "steplaw_lr") is None  # only on grids that vary lr, batch, N and D
+
+    return LawSpec(
+        name=name,
+        columns=("params", "tokens", "lr", "batch_tokens", "loss"),
+        subset="primary",
+        fit=fit,
+        evaluate=evaluate,
+        rank=rank,
+        signs=(("a", 1),),
+        fit_by_default=by_default,
+    )
+
+
+for _rank, _name in enumerate(STEPLAW_LAWS):
+    register(_steplaw_spec(_name, 50 + _rank))
