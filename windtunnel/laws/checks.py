@@ -24,11 +24,11 @@ class DuplicateRunWarning(UserWarning):
 
 
 def flat_loss(loss_N: np.ndarray) -> str | None:
-    """The reason a loss column is flat, (max − min) ≤ FLAT_REL_SPREAD·|median|; None otherwise."""
+    """The reason a loss column is flat, (max − min) ≤ FLAT_REL_SPREAD·|a middle value|; None otherwise."""
     loss_N = np.asarray(loss_N, dtype=float)
     if loss_N.size < 2:
         return None
-    med = float(np.median(loss_N))
+    med = float(np.sort(loss_N)[loss_N.size // 2])  # a middle value (np.median overflows near 1e308)
     if float(loss_N.max() - loss_N.min()) <= FLAT_REL_SPREAD * abs(med):
         return f"flat loss: all {loss_N.size} usable runs have loss {med:.6g}; a constant determines no law"
     return None
