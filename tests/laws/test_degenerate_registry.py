@@ -124,3 +124,17 @@ def test_cli_reports_refusals(tmp_path, runs, capsys) -> None:
     text = capsys.readouterr().out
     assert rc == 1 and "(0 laws," in text and "flat loss" in text
     assert json.loads(out.read_text())["laws"] == {}
+
+
+def test_bootstrap_blocks_give_the_same_draws(runs, monkeypatch) -> None:
+    """Large tables bootstrap in blocks of rows (bounded memory); the blocks are the same draws."""
+    import windtunnel.laws.base as base
+    from windtunnel.laws.base import bootstrap_weight_blocks, bootstrap_weights
+
+    whole = bootstrap_weights(50, 9, np.random.default_rng(2))
+    blocks = list(bootstrap_weight_blocks(50, 9, np.random.default_rng(2), block_elements=120))
+    assert [len(b) for b in blocks] == [2, 2, 2, 2, 2] and np.array_equal(np.concatenate(blocks), whole)
+    one = fit_laws(runs, laws=["lr_opt"], bootstrap=30).laws["lr_opt"]
+    monkeypatch.setattr(base, "BOOTSTRAP_BLOCK_ELEMENTS", 3 * len(runs))
+    blocked = fit_laws(runs, laws=["lr_opt"], bootstrap=30).laws["lr_opt"]
+    assert blocked.samples["b"] == pytest.approx(one.samples["b"]) and blocked.run_ids == one.run_ids

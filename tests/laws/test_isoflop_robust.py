@@ -121,3 +121,14 @@ def test_porian_optima_match_authors_on_every_configuration(anchors) -> None:
             abs(ours[round(np.log2(c))] / n - 1) for c, n in zip(ref["flops"], ref["n_star"], strict=True)
         ]
         assert len(errs) >= 10 and max(errs) < 0.15, (config, max(errs))
+
+
+def test_profile_curves_pass_through_the_points() -> None:
+    from windtunnel.laws.isoflop import lower_envelope
+    from windtunnel.laws.profile import profile_curves
+
+    runs = lower_envelope(chinchilla_profile_runs((1e18, 1e19), -1.0, 1.0, 5, sigma=0.002, seed=0), "params")
+    curves = profile_curves(runs, "params", n_points=5)  # the grid is the five sampled sizes
+    for (x, loss), C in zip(curves, (1e18, 1e19), strict=True):
+        pts = runs[np.isclose(runs["compute"], C)].sort_values("params")
+        assert np.allclose(x, pts["params"], rtol=1e-9) and np.allclose(loss, pts["loss"], rtol=1e-9)

@@ -111,6 +111,30 @@ def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     return W
 
 
+# elements per bootstrap block (rows × runs): bounds a law's working memory on large run tables (~32 MB a
+# float64 array), while tables up to 20,000 runs still take all 201 default rows in one block
+BOOTSTRAP_BLOCK_ELEMENTS = 4_000_000
+
+
+def bootstrap_weight_blocks(n: int, n_boot: int, rng: np.random.Generator, block_elements: int | None = None):
+    """The rows of ``bootstrap_weights(n, n_boot, rng)`` (same draws, same order) in blocks of at most
+    max(1, block_elements // n) rows (default ``BOOTSTRAP_BLOCK_ELEMENTS``), so a law's bootstrap never
+    holds all (n_boot + 1) × n weights."""
+    rows = max(1, (block_elements or BOOTSTRAP_BLOCK_ELEMENTS) // max(n, 1))
+    done = -1  # row 0 (all ones) comes first
+    while done < n_boot:
+        k = min(rows, n_boot - done)
+        W = np.empty((k, n))
+        start = 0
+        if done < 0:
+            W[0] = 1.0
+            start = 1
+        if k > start:
+            W[start:] = rng.multinomial(n, np.full(n, 1.0 / n), size=k - start)
+        done += k
+        yield W
+
+
 def percentile_ci(samples_R: np.ndarray) -> tuple[float, float]:
     """Central 95 % percentile interval of the finite bootstrap draws (NaN if none)."""
     s = samples_R[np.isfinite(samples_R)]

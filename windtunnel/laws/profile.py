@@ -119,3 +119,19 @@ def isoflop_optima(runs: pd.DataFrame, column: str, n_boot: int, rng: np.random.
         y_JR[:, 0] = y_J
         xstar_RK[:, k] = np.exp(akima_argmin(u_J, y_JR))
     return Optima(centers_K=centers, xstar_RK=xstar_RK, edge_K=edge_K, sigma=sigma, reasons=reasons)
+
+
+def profile_curves(
+    runs: pd.DataFrame, column: str, n_points: int = 60
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per budget, the Akima interpolant the optima are taken from, as (X_G, loss_G) on ``n_points`` sizes
+    spanning the sampled range (empty arrays where a budget has fewer than 3 sizes): for figures."""
+    _, profiles = budget_profiles(runs, column)
+    curves = []
+    for u_J, y_J in profiles:
+        if u_J.size < 3:
+            curves.append((np.array([]), np.array([])))
+            continue
+        grid_G = np.linspace(u_J[0], u_J[-1], n_points)
+        curves.append((np.exp(grid_G), np.exp(Akima1DInterpolator(u_J, y_J)(grid_G))))
+    return curves

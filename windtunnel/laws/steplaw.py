@@ -29,7 +29,7 @@ import pandas as pd
 from windtunnel.laws.base import (
     Law,
     LawError,
-    bootstrap_weights,
+    bootstrap_weight_blocks,
     budget_labels,
     percentile_ci,
     relative_errors,
@@ -142,10 +142,13 @@ def fit_steplaw_law(
     keep = labels >= 0
     sub = runs[keep].reset_index(drop=True)
     lab = labels[keep]
-    W = bootstrap_weights(len(sub), n_boot, rng)
-    mask = band_mask(sub["loss"].to_numpy(float), lab, W, band)
     X, y, keys = _design(sub, name)
-    theta = _weighted_ols_RP(X, y, W * mask)
+    theta_blocks, mask0 = [], None
+    for W in bootstrap_weight_blocks(len(sub), n_boot, rng):  # bounded memory on large tables
+        mask = band_mask(sub["loss"].to_numpy(float), lab, W, band)
+        mask0 = mask[0] if mask0 is None else mask0
+        theta_blocks.append(_weighted_ols_RP(X, y, W * mask))
+    theta = np.concatenate(theta_blocks)
     if not np.isfinite(theta[0]).all():
         raise LawError("the near-optimal runs do not determine the law (singular least squares)")
     coefs = _to_coefficients(theta, keys)
@@ -158,11 +161,11 @@ def fit_steplaw_law(
         form=form,
         coefficients={k: float(v[0]) for k, v in coefs.items()},
         n_runs=int(len(runs)),
-        run_ids=[str(r) for r in sub["run_id"].to_numpy()[mask[0]]],
+        run_ids=[str(r) for r in sub["run_id"].to_numpy()[mask0]],
         notes={
             "band": band,
             "n_cells": int(len(cells)),
-            "n_band_runs": int(mask[0].sum()),
+            "n_band_runs": int(mask0.sum()),
             "cells_without_lr_batch_variation": int(
                 runs.loc[~keep, ["params", "tokens"]].drop_duplicates().shape[0]
             ),
