@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windtunnel.laws import fit_laws
+from windtunnel.laws import LawError, fit_laws
 from windtunnel.laws.hparam import band_mask
 from windtunnel.laws.isoflop import EdgeOptimumWarning, fit_isoflop_law
 from windtunnel.laws.synthetic import TRUE, optimal_params, synthetic_runs
@@ -86,9 +86,12 @@ def test_edge_optimum_warns() -> None:
             L = TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
             rows.append({"params": N, "tokens": D, "compute": C, "loss": L})
     runs = validate_run_table(pd.DataFrame(rows))
-    with pytest.warns(EdgeOptimumWarning):
-        law = fit_isoflop_law(runs, "params_opt", "params", n_boot=0)
-    assert len(law.notes["edge_warning"]) == 3
+    # every budget's optimum is unbracketed: no exponent is fitted, and the refusal names the budgets
+    with (
+        pytest.warns(EdgeOptimumWarning),
+        pytest.raises(LawError, match=r"edge optimum at 1e\+18, 1e\+19, 1e\+20"),
+    ):
+        fit_isoflop_law(runs, "params_opt", "params", n_boot=0)
 
 
 def test_no_warning_when_optimum_inside() -> None:

@@ -82,7 +82,6 @@ def test_cli_user_errors(tmp_path, capsys) -> None:
 
 
 def test_cli_missing_experiment_is_a_user_error(tmp_path, capsys) -> None:
-    pytest.importorskip("windtunnel.orchestrator.tracking")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rc = cli_main(["fit", "--experiment", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "x.json")])
     assert rc == 2

@@ -36,7 +36,7 @@ class Law:
         """The laws.json entry; ci95 lists only finite intervals (none without a bootstrap); NaN -> null."""
         return {
             "form": self.form,
-            "coefficients": {k: _jsonable(float(v)) for k, v in self.coefficients.items()},
+            "coefficients": {k: jsonable(float(v)) for k, v in self.coefficients.items()},
             "ci95": {
                 k: [float(lo), float(hi)]
                 for k, (lo, hi) in self.ci95.items()
@@ -44,9 +44,9 @@ class Law:
             },
             "n_runs": int(self.n_runs),
             "run_ids": [str(r) for r in self.run_ids],
-            "backtest": _jsonable(self.backtest),
-            "samples": {k: _jsonable([float(x) for x in v]) for k, v in self.samples.items()},
-            "notes": _jsonable(self.notes),
+            "backtest": jsonable(self.backtest),
+            "samples": {k: jsonable([float(x) for x in v]) for k, v in self.samples.items()},
+            "notes": jsonable(self.notes),
         }
 
     @classmethod
@@ -67,15 +67,16 @@ class Law:
         )
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays as Python numbers/lists and non-finite floats as None (JSON null)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
+        return [jsonable(v) for v in obj.tolist()]
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
@@ -108,6 +109,30 @@ def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
     if n_boot > 0:
         W[1:] = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
     return W
+
+
+# elements per bootstrap block (rows × runs): bounds a law's working memory on large run tables (~32 MB a
+# float64 array), while tables up to 20,000 runs still take all 201 default rows in one block
+BOOTSTRAP_BLOCK_ELEMENTS = 4_000_000
+
+
+def bootstrap_weight_blocks(n: int, n_boot: int, rng: np.random.Generator, block_elements: int | None = None):
+    """The rows of ``bootstrap_weights(n, n_boot, rng)`` (same draws, same order) in blocks of at most
+    max(1, block_elements // n) rows (default ``BOOTSTRAP_BLOCK_ELEMENTS``), so a law's bootstrap never
+    holds all (n_boot + 1) × n weights."""
+    rows = max(1, (block_elements or BOOTSTRAP_BLOCK_ELEMENTS) // max(n, 1))
+    done = -1  # row 0 (all ones) comes first
+    while done < n_boot:
+        k = min(rows, n_boot - done)
+        W = np.empty((k, n))
+        start = 0
+        if done < 0:
+            W[0] = 1.0
+            start = 1
+        if k > start:
+            W[start:] = rng.multinomial(n, np.full(n, 1.0 / n), size=k - start)
+        done += k
+        yield W
 
 
 def percentile_ci(samples_R: np.ndarray) -> tuple[float, float]:

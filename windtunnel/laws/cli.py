@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from windtunnel.cli import UserError
-from windtunnel.laws.lawset import LAW_COLUMNS, LawSet, fit_laws
+from windtunnel.laws.lawset import LawSet, fit_laws
+from windtunnel.laws.registry import law_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", type=Path, help="run table CSV (DESIGN.md run-table columns)")
     src.add_argument("--experiment", help="MLflow experiment name")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (with --experiment)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (with --experiment; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="laws.json to write")
-    parser.add_argument("--laws", default=None, help=f"comma-separated subset of: {','.join(LAW_COLUMNS)}")
+    parser.add_argument("--laws", default=None, help=f"comma-separated subset of: {','.join(law_names())}")
     parser.add_argument(
         "--bootstrap", type=int, default=200, help="bootstrap resamples for ci95 (default 200)"
     )
@@ -30,35 +36,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_runs(args: argparse.Namespace) -> pd.DataFrame:
     if args.runs is not None:
-        if not args.runs.exists():
-            raise UserError(f"{args.runs}: no such file")
-        if args.runs.is_dir():
-            raise UserError(f"--runs: {args.runs} is a folder, not a run table CSV")
-        try:
-            return pd.read_csv(args.runs)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise UserError(f"{args.runs}: not a readable CSV ({err})") from None
-        except OSError as err:  # e.g. no permission to read it
-            raise UserError(f"--runs: cannot read {args.runs} ({err.strerror or err})") from None
-    try:
-        from windtunnel.orchestrator.tracking import runs_from_mlflow
-    except ImportError as err:
-        raise UserError(f"--experiment needs windtunnel.orchestrator.tracking ({err})") from None
-    uri = args.tracking_uri or "sqlite:///mlflow.db"
+        return _read_csv(args.runs)
+    from mlflow.exceptions import MlflowException
+
+    from windtunnel.orchestrator.tracking import runs_from_mlflow
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise UserError(
+            f"experiment {args.experiment!r}: no tracking store at {uri} "
+            "(set --tracking-uri or MLFLOW_TRACKING_URI)"
+        )
     try:
         return runs_from_mlflow(uri, args.experiment)
-    except (ValueError, LookupError) as err:
-        raise UserError(f"experiment {args.experiment!r} at {uri}: {err}") from None
+    except (ValueError, LookupError, OSError, MlflowException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"experiment {args.experiment!r} at {uri}: {first}") from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The run table at ``path``; every file-system or parse problem as one UserError line."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"--runs {path}: is a directory, not a run-table CSV file")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a readable CSV ({err})") from None
+    except OSError as err:
+        raise UserError(f"--runs {path}: cannot read ({err.strerror or err})") from None
+
+
+def _check_out(path: Path) -> None:
+    """Refuse an --out that cannot be written before any fitting is done."""
+    if path.is_dir():
+        raise UserError(f"--out {path}: is a directory; give the laws.json file to write")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: cannot write in {parent} (not a writable directory)")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UserError("--bootstrap must be >= 0")
+    if not (math.isfinite(args.band) and 0 <= args.band < 1):
+        raise UserError(f"--band must be a finite fraction in [0, 1), got {args.band}")
     laws = [s.strip() for s in args.laws.split(",") if s.strip()] if args.laws else None
     if laws:
-        unknown = [n for n in laws if n not in LAW_COLUMNS]
+        unknown = [n for n in laws if n not in law_names()]
         if unknown:
-            raise UserError(f"unknown law(s) {', '.join(unknown)}; known: {', '.join(LAW_COLUMNS)}")
+            raise UserError(f"unknown law(s) {', '.join(unknown)}; known: {', '.join(law_names())}")
+    _check_out(args.out)
     runs = _load_runs(args)
     if len(runs) == 0:
         raise UserError("the run table is empty")
@@ -68,13 +97,19 @@ def main(args: argparse.Namespace) -> int:
             lawset = fit_laws(runs, laws=laws, bootstrap=args.bootstrap, seed=args.seed, band=args.band)
     except ValueError as err:
         raise UserError(str(err)) from None
-    lawset.to_json(args.out)
+    try:
+        lawset.to_json(args.out)
+    except OSError as err:
+        raise UserError(f"--out {args.out}: cannot write ({err.strerror or err})") from None
     print_table(lawset, [str(w.message) for w in caught])
     if args.figures is not None:
         from windtunnel.laws.figures import plot_laws
         from windtunnel.runtable import validate_run_table
 
-        paths = plot_laws(validate_run_table(runs), lawset, args.figures)
+        try:
+            paths = plot_laws(validate_run_table(runs), lawset, args.figures)
+        except OSError as err:
+            raise UserError(f"--figures {args.figures}: cannot write ({err.strerror or err})") from None
         print(f"wrote {len(paths)} figure files to {args.figures}")
     print(f"wrote {args.out} ({len(lawset.laws)} laws, {len(lawset.errors)} could not be fitted)")
     return 0 if lawset.laws else 1

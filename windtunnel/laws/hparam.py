@@ -19,12 +19,13 @@ import pandas as pd
 from windtunnel.laws.base import (
     Law,
     LawError,
-    bootstrap_weights,
+    bootstrap_weight_blocks,
     budget_labels,
     percentile_ci,
     relative_errors,
 )
 from windtunnel.laws.powerlaw import fit_powerlaw_batched
+from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
 
 NEAR_OPTIMAL_BAND = 0.0025
 
@@ -70,13 +71,16 @@ def fit_hparam_law(
     labels, centers = budget_labels(C)
     if len(centers) < 2:
         raise LawError(f"needs runs at 2 or more compute budgets; all {len(runs)} runs share one budget")
-    W = bootstrap_weights(len(runs), n_boot, rng)
-    mask = band_mask(L, labels, W, band)
-    coef_R2 = fit_powerlaw_batched(C, y, W * mask)
+    coef_blocks, mask0 = [], None
+    for W in bootstrap_weight_blocks(len(runs), n_boot, rng):  # bounded memory on large tables
+        mask = band_mask(L, labels, W, band)
+        mask0 = mask[0] if mask0 is None else mask0
+        coef_blocks.append(fit_powerlaw_batched(C, y, W * mask))
+    coef_R2 = np.concatenate(coef_blocks)
     if not np.isfinite(coef_R2[0]).all():
         raise LawError(f"the near-optimal band has a single distinct compute value for {column}")
     a_R, b_R = coef_R2[1:, 0], coef_R2[1:, 1]
-    band_ids = runs["run_id"].to_numpy()[mask[0]]
+    band_ids = runs["run_id"].to_numpy()[mask0]
     law = Law(
         name=name,
         form=f"{column} = a * C^b  (runs within {band:.2%} of the best loss per budget)",
@@ -85,7 +89,7 @@ def fit_hparam_law(
         n_runs=int(len(runs)),
         run_ids=[str(r) for r in band_ids],
         samples={"a": a_R.tolist(), "b": b_R.tolist()} if n_boot else {},
-        notes={"band": band, "n_band_runs": int(mask[0].sum()), "n_budgets": int(len(centers))},
+        notes={"band": band, "n_band_runs": int(mask0.sum()), "n_budgets": int(len(centers))},
     )
     if backtest:
         law.backtest = backtest_hparam(runs, name, column, band)
@@ -136,3 +140,22 @@ def fit_steplaw(runs: pd.DataFrame, band: float = NEAR_OPTIMAL_BAND) -> dict[str
         "n_cells": int(sel[["params", "tokens"]].drop_duplicates().shape[0]),
         "n_band_runs": int(len(sel)),
     }
+
+
+def _hparam_spec(name: str, column: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_hparam_law(runs, name, column, n_boot=opts.n_boot, rng=opts.rng, band=opts.band)
+
+    return LawSpec(
+        name=name,
+        columns=("compute", column, "loss"),
+        subset="primary",
+        fit=fit,
+        evaluate=power_value,
+        rank=rank,
+        signs=(("a", 1),),
+    )
+
+
+register(_hparam_spec("lr_opt", "lr", 10))
+register(_hparam_spec("batch_opt", "batch_tokens", 11))

@@ -1,17 +1,19 @@
 """IsoFLOP allocation laws (Chinchilla Approach 2): m_opt, params_opt, d_opt = a·C^b.
 
-Source: Hoffmann et al. 2022 (arXiv 2203.15556, Sec. 3.2, Approach 2) as used by Ling "Towards Greater
-Leverage" (arXiv 2507.17702, Sec. 3: M_opt = 0.1915·C^0.5095, D_opt = 5.2232·C^0.4905 for MoE). At each
-compute
-budget k fit a parabola in log size u = log X − ū_k (X = M, N or D):
+Source: Hoffmann et al. 2022 (arXiv 2203.15556, Sec. 3.2, Approach 2) with the per-budget optima and the fit
+of Porian et al. 2024 (arXiv 2406.19146, Sec. 3): at every compute budget C_k the optimum X*_k (X = M, N or D)
+is the argmin of the Akima interpolant of the IsoFLOP profile, with a bootstrap over the points' noise
+(``windtunnel.laws.profile``). Budgets whose observed minimum is at the edge of their sampled sizes are left
+out of the exponent fit and named (``EdgeOptimumWarning``, notes ``edge_warning``). The law is the weighted
+least-squares fit in log space over the remaining budgets,
 
-    log L = c0 + c1·u + c2·u²,   u*_k = −c1 / (2·c2),   X*_k = exp(u*_k + ū_k),
+    log X*_k = log a + b·log C_k,   weights w_k = 1 / max(s_k, S_MIN)²,
 
-robustly (Huber δ = 0.01 on log loss, from the least-squares parabola), then fit X*_k = a·C_k^b across budgets
-with ``powerlaw.fit_powerlaw_batched``. Each budget's optimum gets a 95 % interval from the bootstrap
-(resampling runs). A budget whose optimum lies at or beyond the edge of its sampled sizes (the best observed
-run is the smallest or the largest size, or u* falls outside the sampled range) is flagged: its optimum is an
-extrapolation. Budgets with fewer than 3 distinct sizes or no minimum (c2 ≤ 0) are skipped with a note.
+with s_k the bootstrap standard deviation of log X*_k (Porian et al.'s "weighted" fit; equal weights without a
+bootstrap). Every noise draw is refitted with the same weights; the ci95 of (a, b) are the draws' 2.5/97.5
+percentiles. Used by Ling "Towards Greater Leverage" (arXiv 2507.17702, Sec. 3: M_opt = 0.1915·C^0.5095).
+
+``fit_parabolas`` and ``_padded`` draw the per-budget parabolas of the figures.
 """
 
 from __future__ import annotations
@@ -21,18 +23,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from windtunnel.laws.base import (
-    Law,
-    LawError,
-    bootstrap_weights,
-    budget_labels,
-    percentile_ci,
-    relative_errors,
-)
+from windtunnel.laws.base import Law, LawError, budget_labels, percentile_ci, relative_errors
 from windtunnel.laws.optim import batched_lbfgs, huber
-from windtunnel.laws.powerlaw import fit_powerlaw_batched
+from windtunnel.laws.profile import Optima, isoflop_optima
+from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
 
 PARABOLA_DELTA = 0.01
+S_MIN = 1e-3  # floor on a budget's bootstrap std of log X* (in the weights): no budget dominates the fit
 
 
 class EdgeOptimumWarning(UserWarning):
@@ -83,35 +80,6 @@ def _padded(runs: pd.DataFrame, column: str, labels: np.ndarray, K: int):
     return idx, u, logL, centre
 
 
-def isoflop_optima(runs: pd.DataFrame, column: str, W_RN: np.ndarray):
-    """Per-budget optima for every resample row: (xstar_RK, centers_K, edge_K, reasons) — see module
-    docstring."""
-    labels, centers = budget_labels(runs["compute"].to_numpy(float))
-    K = len(centers)
-    idx, u, logL, centre = _padded(runs, column, labels, K)
-    W_RKJ = np.where(idx[None] >= 0, W_RN[:, np.where(idx >= 0, idx, 0)], 0.0)
-    c = fit_parabolas(u, logL, W_RKJ)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ustar = np.where(c[:, :, 2] > 0, -c[:, :, 1] / (2 * c[:, :, 2]), np.nan)
-    xstar = np.exp(ustar + centre[None, :])
-    edge = np.zeros(K, dtype=bool)
-    reasons: dict[int, str] = {}
-    for k in range(K):
-        members = idx[k][idx[k] >= 0]
-        uk = u[k, : len(members)]
-        if not np.isfinite(ustar[0, k]):
-            reasons[k] = (
-                "fewer than 3 distinct sizes"
-                if np.unique(uk).size < 3
-                else "no minimum (parabola opens down)"
-            )
-            continue
-        best = np.argmin(logL[k, : len(members)])
-        if uk[best] in (uk.min(), uk.max()) or not (uk.min() <= ustar[0, k] <= uk.max()):
-            edge[k] = True
-    return xstar, centers, edge, reasons
-
-
 def lower_envelope(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """Keep the best-loss run per (budget, size): an IsoFLOP point is a size's best-tuned run at that budget
     (a hyper-parameter sweep at one size then contributes its optimum, not its mistuned runs)."""
@@ -119,6 +87,51 @@ def lower_envelope(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     keyed = runs.assign(_budget=labels, _size=np.round(np.log(runs[column].to_numpy(float)), 6))
     best = keyed.sort_values("loss").drop_duplicates(["_budget", "_size"]).sort_index()
     return best.drop(columns=["_budget", "_size"]).reset_index(drop=True)
+
+
+def weighted_loglog_fit(C_K: np.ndarray, xstar_RK: np.ndarray, w_K: np.ndarray) -> np.ndarray:
+    """Closed-form weighted least squares of log X*_rk = log a + b·log C_k per row; (R, 2) [a, b]."""
+    x_K = np.log(C_K)
+    logy_RK = np.log(xstar_RK)
+    ok_RK = np.isfinite(logy_RK)
+    W_RK = np.where(ok_RK, w_K[None, :], 0.0)
+    logy_RK = np.where(ok_RK, logy_RK, 0.0)
+    sw = W_RK.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = (W_RK * x_K).sum(1) / sw
+        ym = (W_RK * logy_RK).sum(1) / sw
+        dx_RK = x_K[None, :] - xm[:, None]
+        b = (W_RK * dx_RK * (logy_RK - ym[:, None])).sum(1) / (W_RK * dx_RK**2).sum(1)
+    a = np.exp(ym - b * xm)
+    out = np.stack([a, b], axis=1)
+    out[(W_RK > 0).sum(1) < 2] = np.nan
+    return out
+
+
+def _fit_weights(opt: Optima, use_K: np.ndarray) -> np.ndarray:
+    s_K = opt.std_log_K
+    if not np.isfinite(s_K[use_K]).all():
+        return use_K.astype(float)
+    return np.where(use_K, 1.0 / np.maximum(s_K, S_MIN) ** 2, 0.0)
+
+
+def _optima_notes(opt: Optima, use_K: np.ndarray, w_K: np.ndarray) -> list[dict]:
+    rows = []
+    for k, C in enumerate(opt.centers_K):
+        lo, hi = percentile_ci(opt.xstar_RK[1:, k])
+        rows.append(
+            {
+                "compute": float(C),
+                "opt": float(opt.xstar_RK[0, k]),
+                "ci95": [lo, hi],
+                "std_log": float(opt.std_log_K[k]),
+                "weight": float(w_K[k]),
+                "edge": bool(opt.edge_K[k]),
+                "in_fit": bool(use_K[k]),
+                "skipped": opt.reasons.get(k),
+            }
+        )
+    return rows
 
 
 def fit_isoflop_law(
@@ -129,51 +142,48 @@ def fit_isoflop_law(
     rng: np.random.Generator | None = None,
     backtest: bool = True,
 ) -> Law:
-    """Fit ``column``_opt = a·C^b from IsoFLOP parabolas; see the module docstring."""
+    """Fit ``column``_opt = a·C^b from per-budget Akima optima; see the module docstring."""
     rng = np.random.default_rng(0) if rng is None else rng
     runs = lower_envelope(runs, column)
     if len(runs) < 6:
         raise LawError(
             f"needs at least 6 usable (budget, size) points (3 sizes at 2 budgets); got {len(runs)}"
         )
-    W = bootstrap_weights(len(runs), n_boot, rng)
-    xstar, centers, edge, reasons = isoflop_optima(runs, column, W)
-    valid = np.isfinite(xstar[0])
-    if valid.sum() < 2:
-        detail = "; ".join(f"budget {centers[k]:.3g}: {r}" for k, r in reasons.items())
-        raise LawError(
-            f"needs IsoFLOP optima at 2 or more compute budgets; got {int(valid.sum())} "
-            f"of {len(centers)} ({detail or 'one budget'})"
-        )
-    coef = fit_powerlaw_batched(centers[valid], xstar[:, valid], np.ones((W.shape[0], int(valid.sum()))))
-    edge_budgets = [float(centers[k]) for k in np.flatnonzero(edge)]
+    opt = isoflop_optima(runs, column, n_boot, rng)
+    edge_budgets = [float(c) for c in opt.centers_K[opt.edge_K]]
     if edge_budgets:
         warnings.warn(
-            f"{name}: IsoFLOP optimum at the edge of the sampled sizes for budgets {edge_budgets}",
+            f"{name}: IsoFLOP optimum at the edge of the sampled sizes for budgets "
+            f"{', '.join(f'{c:.3g}' for c in edge_budgets)}; left out of the exponent fit",
             EdgeOptimumWarning,
             stacklevel=2,
         )
-    optima = []
-    for k in range(len(centers)):
-        lo, hi = percentile_ci(xstar[1:, k]) if n_boot else (float("nan"), float("nan"))
-        optima.append(
-            {
-                "compute": float(centers[k]),
-                "opt": float(xstar[0, k]),
-                "ci95": [lo, hi],
-                "edge": bool(edge[k]),
-                "skipped": reasons.get(k),
-            }
+    use_K = np.isfinite(opt.xstar_RK[0]) & ~opt.edge_K
+    if use_K.sum() < 2:
+        detail = "; ".join(f"budget {opt.centers_K[k]:.3g}: {r}" for k, r in opt.reasons.items())
+        detail += "; " * bool(detail and edge_budgets) + (
+            f"edge optimum at {', '.join(f'{c:.3g}' for c in edge_budgets)}" if edge_budgets else ""
         )
+        raise LawError(
+            f"needs bracketed IsoFLOP optima at 2 or more compute budgets; got {int(use_K.sum())} "
+            f"of {len(opt.centers_K)} ({detail or 'one budget'})"
+        )
+    w_K = _fit_weights(opt, use_K)
+    coef = weighted_loglog_fit(opt.centers_K, opt.xstar_RK, w_K)
     law = Law(
         name=name,
-        form=f"{column}_opt = a * C^b  (IsoFLOP parabolas in log {column}, Chinchilla Approach 2)",
+        form=f"{column}_opt = a * C^b  (Akima IsoFLOP optima in log {column}, weighted log-log fit)",
         coefficients={"a": float(coef[0, 0]), "b": float(coef[0, 1])},
         ci95={"a": percentile_ci(coef[1:, 0]), "b": percentile_ci(coef[1:, 1])},
         n_runs=int(len(runs)),
         run_ids=[str(r) for r in runs["run_id"]],
         samples={"a": coef[1:, 0].tolist(), "b": coef[1:, 1].tolist()} if n_boot else {},
-        notes={"optima": optima, "edge_warning": edge_budgets, "size_column": column},
+        notes={
+            "optima": _optima_notes(opt, use_K, w_K),
+            "edge_warning": edge_budgets,
+            "size_column": column,
+            "noise_sigma_log_loss": opt.sigma,
+        },
     )
     if backtest:
         law.backtest = backtest_isoflop(runs, name, column)
@@ -181,19 +191,41 @@ def fit_isoflop_law(
 
 
 def backtest_isoflop(runs: pd.DataFrame, name: str, column: str) -> dict:
-    """Fit on all budgets but the top; relative error of the predicted optimum vs the top budget's
-    parabola optimum."""
+    """Fit on all budgets but the top; relative error of the predicted optimum vs the top budget's own
+    Akima optimum (skipped when that optimum is at the edge of its sizes)."""
     labels, centers = budget_labels(runs["compute"].to_numpy(float))
     if len(centers) < 3:
         return {"skipped": "needs 3 or more compute budgets"}
     low = runs[labels < len(centers) - 1]
     high = lower_envelope(runs[labels == len(centers) - 1].reset_index(drop=True), column)
+    top = isoflop_optima(high, column, 0, np.random.default_rng(0))
+    if not np.isfinite(top.xstar_RK[0, 0]) or top.edge_K[0]:
+        return {"skipped": "the top budget has no bracketed optimum"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EdgeOptimumWarning)
             law = fit_isoflop_law(low.reset_index(drop=True), name, column, n_boot=0, backtest=False)
     except LawError as err:
         return {"skipped": str(err)}
-    xstar, c_high, _, _ = isoflop_optima(high, column, np.ones((1, len(high))))
-    pred = law.coefficients["a"] * c_high ** law.coefficients["b"]
-    return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, xstar[0])}
+    pred = law.coefficients["a"] * top.centers_K ** law.coefficients["b"]
+    return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, top.xstar_RK[0])}
+
+
+def _isoflop_spec(name: str, column: str, subset: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_isoflop_law(runs, name, column, n_boot=opts.n_boot, rng=opts.rng)
+
+    return LawSpec(
+        name=name,
+        columns=("compute", column, "loss"),
+        subset=subset,
+        fit=fit,
+        evaluate=power_value,
+        rank=rank,
+        signs=(("a", 1), ("b", 1)),  # a larger budget never buys a smaller optimal model or dataset
+    )
+
+
+for _rank, (_base, _column) in enumerate((("m_opt", "m"), ("params_opt", "params"), ("d_opt", "tokens"))):
+    register(_isoflop_spec(_base, _column, "primary", 20 + _rank))
+    register(_isoflop_spec(f"{_base}_dense", _column, "dense", 23 + _rank))

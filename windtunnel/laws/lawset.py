@@ -17,43 +17,55 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from windtunnel.laws.base import Law, LawError, _jsonable
+from windtunnel.laws import hparam, isoflop, leverage, steplaw  # noqa: F401  (importing registers their laws)
+from windtunnel.laws.base import Law, LawError, jsonable
 from windtunnel.laws.builtin import ling_laws
-from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND, fit_hparam_law
-from windtunnel.laws.isoflop import fit_isoflop_law
-from windtunnel.laws.leverage import fit_leverage_law, leverage_value
+from windtunnel.laws.checks import degenerate, flat_loss, mark_duplicate_runs
+from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND
 from windtunnel.laws.parametric import fit_parametric_law
 from windtunnel.laws.powerlaw import fit_frontier_law, frontier_value
-from windtunnel.laws.steplaw import STEPLAW_LAWS, fit_steplaw_law, steplaw_problem, steplaw_value
+from windtunnel.laws.registry import FitOptions, LawSpec, law_names, law_spec, power_value, register
 from windtunnel.runtable import usable_runs, validate_run_table
 
-# law name -> (columns it needs, family subset: "primary" = MoE runs if the table has both families, else all)
+# The parametric and frontier fits are registered here through their public fit functions.
+
+
+def _parametric_value(c: dict[str, Any], x: Any) -> Any:
+    """L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Eq. 2)."""
+    N, D = (np.asarray(v, dtype=float) for v in x)
+    return c["E"] + c["A"] / N ** c["alpha"] + c["B"] / D ** c["beta"]
+
+
+register(
+    LawSpec(
+        name="parametric",
+        columns=("params", "tokens", "loss"),
+        subset="primary",
+        fit=lambda runs, o: fit_parametric_law(runs, n_boot=o.n_boot, rng=o.rng),
+        evaluate=_parametric_value,
+        rank=0,
+        signs=(("E", 1), ("A", 1), ("B", 1), ("alpha", 1), ("beta", 1)),
+    )
+)
+register(
+    LawSpec(
+        name="frontier",
+        columns=("compute", "loss"),
+        subset="primary",
+        fit=lambda runs, o: fit_frontier_law(runs, n_boot=o.n_boot, rng=o.rng),
+        evaluate=lambda c, x: frontier_value(c["E"], c["A"], c["alpha"], np.asarray(x, dtype=float)),
+        rank=30,
+        signs=(("E", 1), ("A", 1), ("alpha", 1)),
+    )
+)
+
+DEFAULT_LAWS = law_names()
+# law name -> (columns it needs, family subset): a read-only view of the registry
 LAW_COLUMNS: dict[str, tuple[list[str], str]] = {
-    "parametric": (["params", "tokens", "loss"], "primary"),
-    "lr_opt": (["compute", "lr", "loss"], "primary"),
-    "batch_opt": (["compute", "batch_tokens", "loss"], "primary"),
-    "m_opt": (["compute", "m", "loss"], "primary"),
-    "params_opt": (["compute", "params", "loss"], "primary"),
-    "d_opt": (["compute", "tokens", "loss"], "primary"),
-    "m_opt_dense": (["compute", "m", "loss"], "dense"),
-    "params_opt_dense": (["compute", "params", "loss"], "dense"),
-    "d_opt_dense": (["compute", "tokens", "loss"], "dense"),
-    "frontier": (["compute", "loss"], "primary"),
-    "leverage": (["compute", "loss"], "all"),
-    "steplaw_lr": (["params", "tokens", "lr", "batch_tokens", "loss"], "primary"),
-    "steplaw_batch": (["params", "tokens", "lr", "batch_tokens", "loss"], "primary"),
+    n: (list(law_spec(n).columns), law_spec(n).subset) for n in DEFAULT_LAWS
 }
-DEFAULT_LAWS = list(LAW_COLUMNS)
-POWER_LAWS = {
-    "lr_opt",
-    "batch_opt",
-    "m_opt",
-    "params_opt",
-    "d_opt",
-    "m_opt_dense",
-    "params_opt_dense",
-    "d_opt_dense",
-}
+# the laws of the form y = a·C^b
+POWER_LAWS = {n for n in DEFAULT_LAWS if law_spec(n).evaluate is power_value}
 
 
 @dataclass
@@ -83,7 +95,7 @@ class LawSet:
         return {
             "laws": {n: law.to_dict() for n, law in self.laws.items()},
             "errors": dict(self.errors),
-            "excluded": _jsonable(self.excluded),
+            "excluded": jsonable(self.excluded),
         }
 
     def to_json(self, path: str | Path) -> Path:
@@ -142,19 +154,7 @@ def _scalar(v: Any) -> Any:
 
 
 def _evaluate(name: str, c: dict[str, Any], x: Any) -> Any:
-    if name == "parametric":
-        N, D = (np.asarray(v, dtype=float) for v in x)
-        return c["E"] + c["A"] / N ** c["alpha"] + c["B"] / D ** c["beta"]
-    if name == "leverage":
-        A, G, C = x
-        return leverage_value(c, A, G, C)
-    if name in STEPLAW_LAWS:
-        N, D = x
-        return steplaw_value(name, c, N, D)
-    C = np.asarray(x, dtype=float)
-    if name == "frontier":
-        return frontier_value(c["E"], c["A"], c["alpha"], C)
-    return c["a"] * C ** c["b"]
+    return law_spec(name).evaluate(c, x)
 
 
 def load_laws(source: str | Path) -> LawSet:
@@ -177,81 +177,83 @@ def fit_laws(
     """Fit every requested law its columns allow; a law that cannot be fitted gets a reason in ``errors``.
 
     Runs with status != "finished" and rows with non-finite or non-positive values in a law's columns are
-    excluded per law; the counts per reason go to ``LawSet.excluded[name]`` and the law's ``notes``.
+    excluded per law; the counts per reason go to ``LawSet.excluded[name]`` and the law's ``notes``. A row
+    repeating an earlier run_id is counted once (``DuplicateRunWarning``). A fit on a flat loss, or with
+    non-finite or wrong-signed coefficients, is refused with its reason (``windtunnel.laws.checks``).
     Without ``laws``, laws whose columns are absent or whose family subset is empty are silently skipped;
     requested ones get an error naming the reason.
     """
     requested = laws is not None
     names = list(laws) if laws is not None else DEFAULT_LAWS
-    unknown = [n for n in names if n not in LAW_COLUMNS]
+    known = law_names()
     runs = validate_run_table(runs_df)
-    families = set(runs["family"].str.lower())
-    both = {"dense", "moe"} <= families
+    runs = runs.assign(_duplicate=mark_duplicate_runs(runs).to_numpy())
+    both = {"dense", "moe"} <= set(runs["family"].str.lower())
     out = LawSet(name="fitted")
-    for n in unknown:
-        out.errors[n] = f"unknown law (known: {', '.join(LAW_COLUMNS)})"
-    for i, name in enumerate(n for n in names if n in LAW_COLUMNS):
-        cols, subset = LAW_COLUMNS[name]
-        if subset == "primary" and both:
-            sub = runs[runs["family"].str.lower() == "moe"]
-        elif subset == "dense":
-            if not both:
-                if requested:
-                    out.errors[name] = "needs both dense and MoE runs in the table (family column)"
-                continue
-            sub = runs[runs["family"].str.lower() == "dense"]
-        else:
-            sub = runs
-        if not requested and name != "leverage" and sub[cols].isna().all().any():
+    for n in names:
+        if n not in known:
+            out.errors[n] = f"unknown law (known: {', '.join(known)})"
+    for i, name in enumerate(n for n in names if n in known):
+        spec = law_spec(name)
+        sub, problem = _family_subset(runs, spec, both)
+        if problem is not None:
+            if requested:
+                out.errors[name] = problem
             continue
-        if not requested and name == "leverage" and not both:
+        cols = list(spec.columns)
+        if not requested and sub[cols].isna().all().any():
             continue
-        clean = usable_runs(sub.reset_index(drop=True), cols)
-        if not requested and name in STEPLAW_LAWS and steplaw_problem(clean.runs, "steplaw_lr") is not None:
-            continue  # by default only on StepFun-style grids: cells that vary lr and batch, N and D
-        if clean.excluded:
-            out.excluded[name] = clean.excluded
-        rng = np.random.default_rng(seed + i)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                law = _fit_one(name, clean.runs, bootstrap, rng, band)
-            for w in caught:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        except LawError as err:
-            out.errors[name] = f"{name}: {err}" + _excluded_text(clean.excluded)
+        clean = usable_runs(sub[~sub["_duplicate"]].drop(columns="_duplicate").reset_index(drop=True), cols)
+        if not requested and not spec.fit_by_default(clean.runs, both):
             continue
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError) as err:
-            out.errors[name] = f"{name}: fit failed ({type(err).__name__}: {err})" + _excluded_text(
-                clean.excluded
-            )
+        excluded = dict(clean.excluded)
+        if sub["_duplicate"].any():
+            excluded["duplicate run_id"] = int(sub["_duplicate"].sum())
+        if excluded:
+            out.excluded[name] = excluded
+        opts = FitOptions(n_boot=bootstrap, rng=np.random.default_rng(seed + i), band=band)
+        law, reason = _fit_checked(spec, clean.runs, opts)
+        if law is None:
+            out.errors[name] = f"{name}: {reason}" + _excluded_text(excluded)
             continue
-        if clean.excluded:
-            law.notes["excluded"] = clean.excluded
+        if excluded:
+            law.notes["excluded"] = excluded
         fitted_C = clean.runs["compute"].to_numpy(float)  # the range a recommendation extrapolates from
         law.notes["compute_range"] = [float(np.nanmin(fitted_C)), float(np.nanmax(fitted_C))]
         out.laws[name] = law
     return out
 
 
+def _family_subset(runs: pd.DataFrame, spec: LawSpec, both: bool) -> tuple[pd.DataFrame, str | None]:
+    """The runs a law is fitted to (see ``LawSpec.subset``), or the reason there are none."""
+    family = runs["family"].str.lower()
+    if spec.subset == "primary" and both:
+        return runs[family == "moe"], None
+    if spec.subset == "dense":
+        if not both:
+            return runs.iloc[:0], "needs both dense and MoE runs in the table (family column)"
+        return runs[family == "dense"], None
+    return runs, None
+
+
+def _fit_checked(spec: LawSpec, runs: pd.DataFrame, opts: FitOptions) -> tuple[Law | None, str | None]:
+    """(law, None) for a usable fit; (None, reason) when the loss is flat, the fit fails or degenerates."""
+    flat = flat_loss(runs["loss"].to_numpy(float)) if len(runs) else None
+    if flat:
+        return None, flat
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            law = spec.fit(runs, opts)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    except LawError as err:
+        return None, str(err)
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError) as err:
+        return None, f"fit failed ({type(err).__name__}: {err})"
+    reason = degenerate(law, spec)
+    return (None, reason) if reason else (law, None)
+
+
 def _excluded_text(excluded: dict[str, int]) -> str:
     return f" [excluded: {', '.join(f'{v} {k}' for k, v in excluded.items())}]" if excluded else ""
-
-
-def _fit_one(name: str, runs: pd.DataFrame, n_boot: int, rng: np.random.Generator, band: float) -> Law:
-    if name == "parametric":
-        return fit_parametric_law(runs, n_boot=n_boot, rng=rng)
-    if name in ("lr_opt", "batch_opt"):
-        return fit_hparam_law(
-            runs, name, "lr" if name == "lr_opt" else "batch_tokens", n_boot=n_boot, rng=rng, band=band
-        )
-    if name in POWER_LAWS:
-        column = {"m": "m", "params": "params", "d": "tokens"}[name.split("_")[0]]
-        return fit_isoflop_law(runs, name, column, n_boot=n_boot, rng=rng)
-    if name == "frontier":
-        return fit_frontier_law(runs, n_boot=n_boot, rng=rng)
-    if name == "leverage":
-        return fit_leverage_law(runs, n_boot=n_boot, rng=rng)
-    if name in STEPLAW_LAWS:
-        return fit_steplaw_law(runs, name, n_boot=n_boot, rng=rng, band=band)
-    raise LawError(f"unknown law {name!r}")

@@ -48,6 +48,7 @@ from windtunnel.laws.base import (
 )
 from windtunnel.laws.optim import batched_lbfgs, polish
 from windtunnel.laws.powerlaw import _bootstrap_frontier_rows, fit_frontier, frontier_points, frontier_value
+from windtunnel.laws.registry import FitOptions, LawSpec, register
 
 LEVERAGE_KEYS = ("a", "d", "gamma", "beta", "A_start", "A_max")
 # Plausible ranges (natural log) of A_start and A_max: an activation ratio lies in (0, 1], so A_start far
@@ -395,3 +396,25 @@ def backtest_leverage(runs: pd.DataFrame, cells: LeverageCells, cd_full: dict[st
         "loss_mean_rel_err": loss_err["mean_rel_err"],
         "loss_max_rel_err": loss_err["max_rel_err"],
     }
+
+
+def _fit_registered(runs: pd.DataFrame, opts: FitOptions) -> Law:
+    return fit_leverage_law(runs, n_boot=opts.n_boot, rng=opts.rng)
+
+
+def _evaluate_registered(coef: dict, x):
+    A, G, C = x
+    return leverage_value(coef, A, G, C)
+
+
+register(
+    LawSpec(
+        name="leverage",
+        columns=("compute", "loss"),
+        subset="all",
+        fit=_fit_registered,
+        evaluate=_evaluate_registered,
+        rank=40,
+        fit_by_default=lambda runs, both_families: both_families,  # EL compares MoE with dense runs
+    )
+)

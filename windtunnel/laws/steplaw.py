@@ -29,12 +29,13 @@ import pandas as pd
 from windtunnel.laws.base import (
     Law,
     LawError,
-    bootstrap_weights,
+    bootstrap_weight_blocks,
     budget_labels,
     percentile_ci,
     relative_errors,
 )
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND, band_mask
+from windtunnel.laws.registry import FitOptions, LawSpec, register
 
 STEPLAW_LAWS = ("steplaw_lr", "steplaw_batch")
 STEPFUN_PUBLISHED = {
@@ -141,10 +142,13 @@ def fit_steplaw_law(
     keep = labels >= 0
     sub = runs[keep].reset_index(drop=True)
     lab = labels[keep]
-    W = bootstrap_weights(len(sub), n_boot, rng)
-    mask = band_mask(sub["loss"].to_numpy(float), lab, W, band)
     X, y, keys = _design(sub, name)
-    theta = _weighted_ols_RP(X, y, W * mask)
+    theta_blocks, mask0 = [], None
+    for W in bootstrap_weight_blocks(len(sub), n_boot, rng):  # bounded memory on large tables
+        mask = band_mask(sub["loss"].to_numpy(float), lab, W, band)
+        mask0 = mask[0] if mask0 is None else mask0
+        theta_blocks.append(_weighted_ols_RP(X, y, W * mask))
+    theta = np.concatenate(theta_blocks)
     if not np.isfinite(theta[0]).all():
         raise LawError("the near-optimal runs do not determine the law (singular least squares)")
     coefs = _to_coefficients(theta, keys)
@@ -157,11 +161,11 @@ def fit_steplaw_law(
         form=form,
         coefficients={k: float(v[0]) for k, v in coefs.items()},
         n_runs=int(len(runs)),
-        run_ids=[str(r) for r in sub["run_id"].to_numpy()[mask[0]]],
+        run_ids=[str(r) for r in sub["run_id"].to_numpy()[mask0]],
         notes={
             "band": band,
             "n_cells": int(len(cells)),
-            "n_band_runs": int(mask[0].sum()),
+            "n_band_runs": int(mask0.sum()),
             "cells_without_lr_batch_variation": int(
                 runs.loc[~keep, ["params", "tokens"]].drop_duplicates().shape[0]
             ),
@@ -206,3 +210,30 @@ def backtest_steplaw(
         name, law.coefficients, cells["params"].to_numpy()[top], cells["tokens"].to_numpy()[top]
     )
     return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, obs)}
+
+
+def _steplaw_spec(name: str, rank: int) -> LawSpec:
+    def fit(runs: pd.DataFrame, opts: FitOptions) -> Law:
+        return fit_steplaw_law(runs, name, n_boot=opts.n_boot, rng=opts.rng, band=opts.band)
+
+    def evaluate(coef: dict, x) -> np.ndarray:
+        N, D = x
+        return steplaw_value(name, coef, N, D)
+
+    def by_default(runs: pd.DataFrame, both_families: bool) -> bool:
+        return steplaw_problem(runs, "steplaw_lr") is None  # only on grids that vary lr, batch, N and D
+
+    return LawSpec(
+        name=name,
+        columns=("params", "tokens", "lr", "batch_tokens", "loss"),
+        subset="primary",
+        fit=fit,
+        evaluate=evaluate,
+        rank=rank,
+        signs=(("a", 1),),
+        fit_by_default=by_default,
+    )
+
+
+for _rank, _name in enumerate(STEPLAW_LAWS):
+    register(_steplaw_spec(_name, 50 + _rank))
