@@ -92,7 +92,13 @@ def porian_rows(root: Path, n_boot: int, n_out: int = 2) -> tuple[list[dict], di
     labels, centers = budget_labels(runs["compute"].to_numpy(float))
     fit = runs[labels < len(centers) - n_out]
     pairs = pd.read_csv(root / "porian2024" / "optimal_pairs.csv")
-    cfg = {"dataset": "rw", "hparams": "tuned", "warmup": "short", "decay": "const", "param_count": "standard"}
+    cfg = {
+        "dataset": "rw",
+        "hparams": "tuned",
+        "warmup": "short",
+        "decay": "const",
+        "param_count": "standard",
+    }
     for k, val in cfg.items():
         pairs = pairs[pairs[k] == val]
     ls = fit_laws(fit, laws=["params_opt"], bootstrap=n_boot)
@@ -130,7 +136,8 @@ def chinchilla_n_opt(x_P: np.ndarray, C: float) -> float:
 
 
 def steplaw_rows(root: Path, n_boot: int, n_out: int = 3) -> tuple[list[dict], dict]:
-    """StepFun dense: the ``n_out`` largest-compute (N, D) cells held out; truth = lr, batch of the lowest loss."""
+    """StepFun dense: the ``n_out`` largest-compute (N, D) cells held out; truth = lr and batch of the
+    lowest-loss run of each held-out cell."""
     runs = load_steplaw("dense", root=root)
     cells = runs.groupby(["params", "tokens"])["compute"].first().sort_values()
     held = set(cells.index[-n_out:])
@@ -141,7 +148,10 @@ def steplaw_rows(root: Path, n_boot: int, n_out: int = 3) -> tuple[list[dict], d
     rows = []
     for (N, D), cell in runs[out_mask].groupby(["params", "tokens"]):
         best = cell.loc[cell["loss"].idxmin()]
-        for ours_name, plain_name, col in (("steplaw_lr", "lr_opt", "lr"), ("steplaw_batch", "batch_opt", "batch_tokens")):
+        for ours_name, plain_name, col in (
+            ("steplaw_lr", "lr_opt", "lr"),
+            ("steplaw_batch", "batch_opt", "batch_tokens"),
+        ):
             v, lo, hi = ls.predict(ours_name, (N, D))
             plain, _, _ = ls.predict(plain_name, float(best["compute"]))
             truth = float(best[col])
@@ -175,8 +185,18 @@ def summarise(rows: list[dict]) -> dict:
     loss = df[~df["dataset"].str.startswith(("steplaw", "porian"))]
     return {
         "per_dataset": per,
-        "all": {"ours_mean_rel_err": float(df["ours_rel_err"].mean()), "plain_mean_rel_err": float(df["plain_rel_err"].mean()), "pi95_coverage": float(df["pi95_covers"].mean()), "n": len(df)},
-        "loss_datasets": {"ours_mean_rel_err": float(loss["ours_rel_err"].mean()), "plain_mean_rel_err": float(loss["plain_rel_err"].mean()), "pi95_coverage": float(loss["pi95_covers"].mean()), "n": len(loss)},
+        "all": {
+            "ours_mean_rel_err": float(df["ours_rel_err"].mean()),
+            "plain_mean_rel_err": float(df["plain_rel_err"].mean()),
+            "pi95_coverage": float(df["pi95_covers"].mean()),
+            "n": len(df),
+        },
+        "loss_datasets": {
+            "ours_mean_rel_err": float(loss["ours_rel_err"].mean()),
+            "plain_mean_rel_err": float(loss["plain_rel_err"].mean()),
+            "pi95_coverage": float(loss["pi95_covers"].mean()),
+            "n": len(loss),
+        },
     }
 
 
@@ -197,14 +217,21 @@ def main() -> None:
         r, info["steplaw_dense"] = steplaw_rows(root, args.bootstrap)
         rows += r
     wall = time.perf_counter() - t0
-    result = {"rows": rows, "summary": summarise(rows), "fits": info, "wall_s": wall, "bootstrap": args.bootstrap}
+    result = {
+        "rows": rows,
+        "summary": summarise(rows),
+        "fits": info,
+        "wall_s": wall,
+        "bootstrap": args.bootstrap,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "laws_heldout.json").write_text(json.dumps(result, indent=1, default=float))
     print_table(result)
 
 
 def print_table(result: dict) -> None:
-    print(f"{'dataset':22s} {'point':28s} {'truth':>10s} {'ours':>10s} {'plain':>10s} {'ours%':>7s} {'plain%':>7s} pi95")
+    head = f"{'dataset':22s} {'point':28s} {'truth':>10s} {'ours':>10s} {'plain':>10s}"
+    print(f"{head} {'ours%':>7s} {'plain%':>7s} pi95")
     for r in result["rows"]:
         point = re.sub(r"\s+", " ", r["point"])[:28]
         print(
@@ -213,7 +240,11 @@ def print_table(result: dict) -> None:
             f" {'yes' if r['pi95_covers'] else 'NO'}"
         )
     print()
-    for name, s in {**result["summary"]["per_dataset"], "ALL": result["summary"]["all"], "LOSS DATA SETS": result["summary"]["loss_datasets"]}.items():
+    for name, s in {
+        **result["summary"]["per_dataset"],
+        "ALL": result["summary"]["all"],
+        "LOSS DATA SETS": result["summary"]["loss_datasets"],
+    }.items():
         print(
             f"{name:22s} n={s['n']:3d}  ours {100 * s['ours_mean_rel_err']:6.2f} %  plain"
             f" {100 * s['plain_mean_rel_err']:6.2f} %  pi95 coverage {100 * s['pi95_coverage']:5.1f} %"

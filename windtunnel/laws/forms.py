@@ -113,7 +113,9 @@ def grid_starts(cand: Candidate, e_fixed: float = 0.0) -> np.ndarray:
     exps = (0.25, 0.5, 1.0, 1.5)
     rows = [
         (a, b, e, al, al if cand.tied else be)
-        for al, be, e, a, b in itertools.product(exps, exps, (-1.0, 0.0, 0.5, 1.0), range(0, 26, 5), range(0, 26, 5))
+        for al, be, e, a, b in itertools.product(
+            exps, exps, (-1.0, 0.0, 0.5, 1.0), range(0, 26, 5), range(0, 26, 5)
+        )
     ]
     P, x0 = projection(cand, e_fixed)
     th = (np.array(rows, dtype=float) - x0) @ P  # P has orthogonal 0/1 columns: least-squares inverse

@@ -11,7 +11,8 @@ predicted the held-out largest budgets of its own fit set (``selection.select_fo
 quadrature on each side (a normal approximation, as in regression prediction intervals: Seber & Lee 2003,
 §5.3, ŷ ± t·sqrt(s² + se(ŷ)²)):
 
-    log hi = log v + sqrt((log hi_b − log v)² + (z·sigma)²),   log lo = log v − sqrt((log v − log lo_b)² + (z·sigma)²),
+    log hi = log v + sqrt((log hi_b − log v)² + (z·sigma)²),
+    log lo = log v − sqrt((log v − log lo_b)² + (z·sigma)²),
 
 with z = 1.96. The law entry's ``pi95`` records the method and sigma so readers can re-form the interval.
 """

@@ -191,7 +191,13 @@ def fit_parametric_law(
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
         x = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=float(x_hat[2]))
-        samples = {"E": np.exp(x[:, 2]), "A": np.exp(x[:, 0]), "B": np.exp(x[:, 1]), "alpha": x[:, 3], "beta": x[:, 4]}
+        samples = {
+            "E": np.exp(x[:, 2]),
+            "A": np.exp(x[:, 0]),
+            "B": np.exp(x[:, 1]),
+            "alpha": x[:, 3],
+            "beta": x[:, 4],
+        }
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
     if backtest:

@@ -60,7 +60,8 @@ def frontier_e(C: np.ndarray, L: np.ndarray) -> float:
 
 
 def fit_form(cand: Candidate, N, D, L, C, warm: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Fit one candidate (E from the frontier of the same runs for ``fix_e``); x is nan if it cannot be fitted."""
+    """Fit one candidate (E from the frontier of the same runs for ``fix_e``); x is nan where it cannot be
+    fitted."""
     e0 = 0.0
     if cand.fix_e:
         e0 = frontier_e(C, L)
@@ -102,10 +103,20 @@ def select_form(
     resid: dict[str, list[float]] = {c.name: [] for c in candidates}
     folds = []
     for train in masks:
-        folds.append({"n_train": int(train.sum()), "n_holdout": int((~train).sum()), "cut_compute": float(C[train].max())})
+        folds.append(
+            {
+                "n_train": int(train.sum()),
+                "n_holdout": int((~train).sum()),
+                "cut_compute": float(C[train].max()),
+            }
+        )
         warm, _ = fit_form(PLAIN, N[train], D[train], L[train], C[train])
         for cand in candidates:
-            x = warm if cand is PLAIN else fit_form(cand, N[train], D[train], L[train], C[train], warm=warm)[0]
+            x = (
+                warm
+                if cand is PLAIN
+                else fit_form(cand, N[train], D[train], L[train], C[train], warm=warm)[0]
+            )
             with np.errstate(all="ignore"):
                 r = np.log(predict_x(x, N[~train], D[~train])) - np.log(L[~train])
             err = float(np.mean(np.abs(r))) if np.all(np.isfinite(r)) else float("inf")
