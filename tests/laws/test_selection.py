@@ -11,10 +11,11 @@ import pytest
 
 from windtunnel.laws import fit_laws
 from windtunnel.laws.base import Law
+from windtunnel.laws.figures import plot_laws
 from windtunnel.laws.forms import CANDIDATES, fit_candidate, objective, predict_x
 from windtunnel.laws.intervals import pi95_record, widen
 from windtunnel.laws.lawset import LawSet
-from windtunnel.laws.selection import rollout_folds, select_form
+from windtunnel.laws.selection import rollout_folds, select_form, selection_lines
 
 TRUE_X = np.array([np.log(400.0), np.log(1800.0), np.log(1.8), 0.34, 0.34])  # tied: alpha = beta
 
@@ -75,7 +76,7 @@ def test_widen_adds_residual_scale_in_quadrature() -> None:
     assert (lo0, hi0) == pytest.approx((1.9, 2.2))
 
 
-def test_parametric_law_records_selection_and_covers_fresh_points() -> None:
+def test_parametric_law_records_selection_and_covers_fresh_points(tmp_path) -> None:
     N, D, L, C = grid_runs(TRUE_X, 0.01, seed=5)
     runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(N.size)], "params": N, "tokens": D, "loss": L})
     runs["compute"] = C
@@ -94,6 +95,11 @@ def test_parametric_law_records_selection_and_covers_fresh_points() -> None:
     cover = np.mean((lo <= L2) & (L2 <= hi))
     assert 0.85 <= cover <= 1.0
     assert np.all(hi > lo)
+    (line,) = selection_lines(again.laws)
+    assert line.startswith(f"parametric: form chosen by rollout backtest: {law.extra['selection']['chosen']}")
+    paths = plot_laws(runs, again, tmp_path)
+    assert {p.stem for p in paths} >= {"parametric"}
+    assert all(p.stat().st_size > 1000 for p in paths)
 
 
 def test_law_extra_keys_round_trip() -> None:

@@ -9,6 +9,8 @@ at once with ``optim.batched_lbfgs``.
 Frontier (Ling, arXiv 2507.17702 Sec. 3; Hoffmann et al. 2022): L(C) = E + A·C^(−alpha) fitted in log space as
 log L̂ = LSE(log A − alpha·log C, log E) with Huber δ = 1e-3 on log loss, summed (Epoch AI's objective,
 arXiv 2404.10102), from a small grid of starts. Frontier points = the lowest loss at each compute budget.
+Its 95 % prediction interval (``intervals``): bootstrap percentiles widened by the RMS log residual of the
+frontier points and the log error of the top-budget backtest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 
 import numpy as np
 
+from windtunnel.laws.intervals import pi95_record, residual_scale
 from windtunnel.laws.optim import batched_lbfgs, huber, polish
 
 POWERLAW_DELTA = 0.1
@@ -199,6 +202,8 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
             samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
+    sigma_res = residual_scale(np.log(frontier_value_log(x_hat, C[fp])) - np.log(L[fp]))
+    law.extra["pi95"] = pi95_record(sigma_res, 0.0)
     if backtest:
         if len(centers) < 4:
             law.backtest = {"skipped": "needs 4 or more compute budgets"}
@@ -213,6 +218,7 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
             cut = float(centers[-1] / 10**0.05)
             if np.all(np.isfinite(pred)):
                 law.backtest = {"cut_compute": cut, **relative_errors(pred, L[[top]])}
+                law.extra["pi95"] = pi95_record(sigma_res, float(np.abs(np.log(pred[0] / L[top]))))
             else:  # e.g. 3 points for 3 coefficients, bending so fast that A overflows: say so, not nan
                 law.backtest = {
                     "cut_compute": cut,

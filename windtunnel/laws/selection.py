@@ -125,3 +125,23 @@ def select_form(
     errors = {name: float(np.mean(v)) for name, v in per_fold.items()}
     chosen = min(candidates, key=lambda c: (errors[c.name], candidates.index(c))).name
     return Selection(chosen, errors, folds, resid[chosen])
+
+
+def selection_lines(laws: dict) -> list[str]:
+    """One line per law chosen among candidate forms, for ``windtunnel fit``'s output: the winner, then
+    every candidate's rollout error (%), and sigma of its 95 % prediction interval where it has one."""
+    lines = []
+    for name, law in laws.items():
+        sel = law.extra.get("selection") if hasattr(law, "extra") else None
+        if not sel:
+            continue
+        errs = ", ".join(
+            f"{k} {100 * v:.2f}%" if v is not None and np.isfinite(v) else f"{k} n/a"
+            for k, v in sel.get("candidates", {}).items()
+        )
+        pi = law.extra.get("pi95", {})
+        sigma = f"; pi95 sigma(log loss) {pi['sigma_log']:.4f}" if "sigma_log" in pi else ""
+        lines.append(
+            f"{name}: form chosen by rollout backtest: {sel['chosen']} (rollout errors: {errs}){sigma}"
+        )
+    return lines
