@@ -131,3 +131,15 @@ def test_selection_ignores_held_out_losses_gadre(anchors) -> None:
     assert [r["ours"] for r in rows2] == [r["ours"] for r in rows]
     assert len(rows) == 3 and all(r["pi95_covers"] for r in rows)
     assert all(r["ours_rel_err"] < 0.04 for r in rows)
+
+
+def test_olmo_13b_target_tokens_from_steps(anchors) -> None:
+    """The 13B target's log has no token counter: D = last step × its constant batch (≈ 5T tokens)."""
+    from windtunnel.laws.anchors import load_olmo_ladder
+
+    runs = load_olmo_ladder(root=anchors)
+    row = runs[runs["run_id"] == "peteish13_eval_final"]
+    assert len(row) == 1
+    assert row["tokens"].iloc[0] == 596_057 * 8_388_608
+    assert row["params"].iloc[0] == 13_202_396_160
+    assert 2.3 < row["loss"].iloc[0] < 2.6
