@@ -143,3 +143,19 @@ def test_olmo_13b_target_tokens_from_steps(anchors) -> None:
     assert row["tokens"].iloc[0] == 596_057 * 8_388_608
     assert row["params"].iloc[0] == 13_202_396_160
     assert 2.3 < row["loss"].iloc[0] < 2.6
+
+
+def test_frontier_interval_includes_residual_and_backtest_scale() -> None:
+    from windtunnel.laws.powerlaw import fit_frontier_law
+    from windtunnel.laws.synthetic import synthetic_runs
+
+    runs = synthetic_runs(100, budgets=(1e17, 4e17, 1.6e18, 6.4e18), seed=2)
+    law = fit_frontier_law(runs, n_boot=30, rng=np.random.default_rng(0))
+    pi = law.extra["pi95"]
+    assert pi["sigma_res"] > 0 and pi["sigma_roll"] > 0
+    assert pi["sigma_roll"] == pytest.approx(np.log1p(law.backtest["mean_rel_err"]), rel=0.05)
+    bare = Law("frontier", law.form, law.coefficients, samples=law.samples)
+    _, lo_b, hi_b = LawSet(laws={"frontier": bare}).predict("frontier", 1e19)
+    v, lo, hi = LawSet(laws={"frontier": law}).predict("frontier", 1e19)
+    assert lo < min(lo_b, v) and hi > max(hi_b, v)
+    assert np.log(hi / v) >= 1.959964 * pi["sigma_log"] * 0.999
