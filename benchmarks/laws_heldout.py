@@ -35,7 +35,9 @@ from windtunnel.laws.anchors import (
     load_steplaw,
 )
 from windtunnel.laws.base import budget_labels
+from windtunnel.laws.forms import CANDIDATES, predict_x
 from windtunnel.laws.parametric import fit_parametric, predict_parametric
+from windtunnel.laws.selection import fit_form
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,7 +85,20 @@ def loss_rows(name: str, fit: pd.DataFrame, out: pd.DataFrame, n_boot: int) -> t
         for i, rid in enumerate(out["run_id"])
     ]
     sel = law.extra["selection"]
-    return rows, {"n_fit": len(fit), "chosen": sel["chosen"], "rollout_errors": sel["candidates"]}
+    info = {"n_fit": len(fit), "chosen": sel["chosen"], "rollout_errors": sel["candidates"]}
+    return rows, {**info, "heldout_error_by_form": heldout_by_form(fit, out)}
+
+
+def heldout_by_form(fit: pd.DataFrame, out: pd.DataFrame) -> dict[str, float]:
+    """Diagnostic, never used in the choice: each candidate form fitted on the fit set, its mean relative
+    error on the held-out runs (how good the rollout's choice was)."""
+    N, D, L, C = (fit[c].to_numpy(float) for c in ("params", "tokens", "loss", "compute"))
+    Nt, Dt, Lt = (out[c].to_numpy(float) for c in ("params", "tokens", "loss"))
+    errs = {}
+    for cand in CANDIDATES:
+        x, _ = fit_form(cand, N, D, L, C)
+        errs[cand.name] = float(np.mean(np.abs(predict_x(x, Nt, Dt) / Lt - 1)))
+    return errs
 
 
 def porian_rows(root: Path, n_boot: int, n_out: int = 2) -> tuple[list[dict], dict]:
@@ -249,6 +264,10 @@ def print_table(result: dict) -> None:
             f"{name:22s} n={s['n']:3d}  ours {100 * s['ours_mean_rel_err']:6.2f} %  plain"
             f" {100 * s['plain_mean_rel_err']:6.2f} %  pi95 coverage {100 * s['pi95_coverage']:5.1f} %"
         )
+    for name, info in result["fits"].items():
+        if "heldout_error_by_form" in info:
+            errs = ", ".join(f"{k} {100 * v:.2f}" for k, v in info["heldout_error_by_form"].items())
+            print(f"{name}: chosen {info['chosen']}; held-out error by form (diagnostic, %): {errs}")
     print(f"wall {result['wall_s']:.0f} s")
 
 
