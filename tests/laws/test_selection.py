@@ -159,3 +159,21 @@ def test_frontier_interval_includes_residual_and_backtest_scale() -> None:
     v, lo, hi = LawSet(laws={"frontier": law}).predict("frontier", 1e19)
     assert lo < min(lo_b, v) and hi > max(hi_b, v)
     assert np.log(hi / v) >= 1.959964 * pi["sigma_log"] * 0.999
+
+
+def test_e_fixed_bootstrap_carries_the_frontier_uncertainty_of_e() -> None:
+    """With E fixed from the frontier, each resample refits the frontier: E's bootstrap draws spread (a
+    bootstrap that kept E at its full-data value would give one value)."""
+    from windtunnel.laws.forms import bootstrap_candidate
+    from windtunnel.laws.selection import fit_form, frontier_e_resamples
+
+    N, D, L, C = grid_runs(TRUE_X, 0.01, seed=7)
+    cand = next(c for c in CANDIDATES if c.name == "e_fixed")
+    x_hat, _ = fit_form(cand, N, D, L, C)
+    W = np.random.default_rng(0).multinomial(N.size, np.full(N.size, 1 / N.size), size=60).astype(float)
+    e_R = frontier_e_resamples(C, L, W)
+    x_R = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=e_R)
+    np.testing.assert_array_equal(x_R[:, 2], e_R)
+    assert np.std(x_R[:, 2]) > 0.01
+    assert np.all(np.exp(x_R[:, 2]) < L.max())
+    assert np.all(np.isfinite(x_R))

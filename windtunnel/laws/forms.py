@@ -77,14 +77,18 @@ def projection(cand: Candidate, e_fixed: float = 0.0) -> tuple[np.ndarray, np.nd
     return np.stack(cols, axis=1), x0
 
 
-def objective(cand: Candidate, logN, logD, L, W_RN: np.ndarray, e_fixed: float = 0.0):
-    """Batched f(θ) = Σ_i w_i·Huber_δ(r_i(θ)) and its gradient in the free parameters θ."""
-    P, x0 = projection(cand, e_fixed)
+def objective(cand: Candidate, logN, logD, L, W_RN: np.ndarray, e_fixed: float | np.ndarray = 0.0):
+    """Batched f(θ) = Σ_i w_i·Huber_δ(r_i(θ)) and its gradient in the free parameters θ; ``e_fixed`` may
+    hold one log E per weight row (a bootstrap that re-estimates E in every resample)."""
+    P, x0 = projection(cand, 0.0)
+    x0_R5 = np.zeros((np.size(e_fixed), 5))
+    if cand.fix_e:
+        x0_R5[:, 2] = e_fixed
     logL = np.log(L)
     delta = cand.delta if np.isfinite(cand.delta) else 1e30
 
     def fg(th_BP: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = th_BP @ P.T + x0
+        x = th_BP @ P.T + (x0_R5[rows] if x0_R5.shape[0] > 1 else x0_R5)
         t1 = x[:, 0:1] - x[:, 3:4] * logN[None, :]
         t2 = x[:, 1:2] - x[:, 4:5] * logD[None, :]
         t3 = np.broadcast_to(x[:, 2:3], t1.shape)
@@ -104,7 +108,7 @@ def objective(cand: Candidate, logN, logD, L, W_RN: np.ndarray, e_fixed: float =
         g_x = np.stack([s1.sum(1), s2.sum(1), s3.sum(1), -(s1 * logN).sum(1), -(s2 * logD).sum(1)], 1)
         return (w * h).sum(1), g_x @ P
 
-    return fg, P, x0
+    return fg, P, x0_R5[0]
 
 
 def grid_starts(cand: Candidate, e_fixed: float = 0.0) -> np.ndarray:
@@ -158,14 +162,17 @@ def fit_candidate(
 
 
 def bootstrap_candidate(
-    cand: Candidate, N, D, L, x_hat: np.ndarray, W_RN: np.ndarray, e_fixed: float = 0.0
+    cand: Candidate, N, D, L, x_hat: np.ndarray, W_RN: np.ndarray, e_fixed: float | np.ndarray = 0.0
 ) -> np.ndarray:
-    """Refit the candidate for every weight row (resample), started at x_hat; returns x_RP."""
-    fg, P, x0 = objective(cand, np.log(N), np.log(D), L, W_RN, e_fixed)
-    th0 = np.repeat((((x_hat - x0) @ P) / (P * P).sum(0))[None], W_RN.shape[0], 0)
+    """Refit the candidate for every weight row (resample), started at x_hat; returns x_RP. For ``fix_e``,
+    ``e_fixed`` is log E per row (or one value for all)."""
+    fg, P, _ = objective(cand, np.log(N), np.log(D), L, W_RN, e_fixed)
+    th0 = np.repeat(((x_hat @ P) / (P * P).sum(0))[None], W_RN.shape[0], 0)  # P has no column for a fixed e
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         th, _, _ = batched_lbfgs(fg, th0, max_iter=300, gtol=1e-10)
-    return th @ P.T + x0
+    x = th @ P.T
+    x[:, 2] = np.broadcast_to(e_fixed, W_RN.shape[0]) if cand.fix_e else x[:, 2]
+    return x
 
 
 def predict_x(x_P: np.ndarray, N, D) -> np.ndarray:

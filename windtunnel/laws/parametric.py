@@ -21,7 +21,7 @@ import numpy as np
 from windtunnel.laws.forms import CANDIDATES, PLAIN, bootstrap_candidate
 from windtunnel.laws.intervals import pi95_record, residual_scale
 from windtunnel.laws.optim import batched_lbfgs, huber, polish
-from windtunnel.laws.selection import fit_form, select_form
+from windtunnel.laws.selection import fit_form, frontier_e_resamples, select_form
 
 HUBER_DELTA = 1e-3
 # parameter vector order: (a, b, e, alpha, beta)
@@ -156,8 +156,8 @@ def fit_parametric_law(
 
     The form is chosen among ``forms.CANDIDATES`` by a rollout backtest inside these runs
     (``selection.select_form``); the winner is refitted on all runs, bootstrapped (resampled runs, batched
-    refits from the full-data optimum; E stays at its frontier value for ``e_fixed``), and its 95 %
-    prediction interval combines the bootstrap with the residual scale (``intervals``). The entry's
+    refits from the full-data optimum; for ``e_fixed`` E is refitted on each resample's frontier), and its
+    95 % prediction interval combines the bootstrap with the residual scale (``intervals``). The entry's
     ``selection`` names the winner and every candidate's rollout error; ``pi95`` gives sigma.
     """
     from windtunnel.laws.base import Law, LawError, bootstrap_weights, percentile_ci
@@ -190,7 +190,8 @@ def fit_parametric_law(
     }
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        x = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=float(x_hat[2]))
+        e_R = frontier_e_resamples(C, L, W) if cand.fix_e else 0.0
+        x = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=e_R)
         samples = {
             "E": np.exp(x[:, 2]),
             "A": np.exp(x[:, 0]),

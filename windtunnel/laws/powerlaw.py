@@ -188,16 +188,7 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
     )
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        K = len(centers)
-        Lm = np.where(W > 0, L[None, :], np.inf)
-        bestL_RK = np.stack([Lm[:, labels == k].min(1) for k in range(K)], 1)
-        argbest = np.stack(
-            [np.flatnonzero(labels == k)[np.argmin(Lm[:, labels == k], 1)] for k in range(K)], 1
-        )
-        C_RK = C[argbest]
-        # one problem per resample over its own frontier points: weights over a per-row point set
-        logC_RK, logL_RK = np.log(C_RK), np.log(bestL_RK)
-        x = _bootstrap_frontier_rows(logC_RK, logL_RK, x_hat)
+        x = bootstrap_frontier_resamples(C, L, labels, W, x_hat)
         with np.errstate(over="ignore"):
             samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
@@ -226,6 +217,20 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
                     f" identified (alpha={c_low['alpha']:.3g}): no finite prediction at the top budget",
                 }
     return law
+
+
+def bootstrap_frontier_resamples(
+    C: np.ndarray, L: np.ndarray, labels: np.ndarray, W_RN: np.ndarray, x_hat: np.ndarray
+) -> np.ndarray:
+    """Frontier refits, one per resample (row of multinomial ``W_RN`` over runs), started at x_hat; returns
+    x_RP = (log A, log E, alpha). In each resample a budget's frontier point is the best loss among its drawn
+    runs (vectorised as a masked minimum)."""
+    K = int(labels.max()) + 1
+    Lm = np.where(W_RN > 0, L[None, :], np.inf)
+    bestL_RK = np.stack([Lm[:, labels == k].min(1) for k in range(K)], 1)
+    argbest = np.stack([np.flatnonzero(labels == k)[np.argmin(Lm[:, labels == k], 1)] for k in range(K)], 1)
+    with np.errstate(divide="ignore"):
+        return _bootstrap_frontier_rows(np.log(C[argbest]), np.log(bestL_RK), x_hat)
 
 
 def _bootstrap_frontier_rows(logC_RK: np.ndarray, logL_RK: np.ndarray, x_hat: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from windtunnel.laws.base import budget_labels
 from windtunnel.laws.forms import CANDIDATES, PLAIN, Candidate, fit_candidate, predict_x
-from windtunnel.laws.powerlaw import fit_frontier, frontier_points
+from windtunnel.laws.powerlaw import bootstrap_frontier_resamples, fit_frontier, frontier_points
 
 HOLDOUT_FRACTIONS = (0.2, 0.35)
 MIN_TRAIN = 8
@@ -57,6 +57,19 @@ def frontier_e(C: np.ndarray, L: np.ndarray) -> float:
     with np.errstate(all="ignore"):
         coefs, x = fit_frontier(C[fp], L[fp])
     return float(x[1]) if np.isfinite(x[1]) and coefs["E"] < L.min() else float("nan")
+
+
+def frontier_e_resamples(C: np.ndarray, L: np.ndarray, W_RN: np.ndarray) -> np.ndarray:
+    """log E of the loss frontier refitted in every resample (row of ``W_RN``), so that a form with E fixed
+    from the frontier carries E's uncertainty into its bootstrap; a resample whose frontier gives no E
+    below its best loss keeps the full-data value."""
+    labels, _ = budget_labels(C)
+    fp = frontier_points(C, L, labels)
+    with np.errstate(all="ignore"):
+        _, x_hat = fit_frontier(C[fp], L[fp])
+        e_R = bootstrap_frontier_resamples(C, L, labels, W_RN, x_hat)[:, 1]
+    best_R = np.where(W_RN > 0, L[None, :], np.inf).min(1)
+    return np.where(np.isfinite(e_R) & (np.exp(e_R) < best_R), e_R, x_hat[1])
 
 
 def fit_form(cand: Candidate, N, D, L, C, warm: np.ndarray | None = None) -> tuple[np.ndarray, float]:
