@@ -189,7 +189,8 @@ def olmo_ladder_params(d_model: int, n_layers: int, embedding_size: int = OLMO_E
 
 def load_olmo_ladder(root: Path | None = None, loss_column: str = "eval/c4_en-validation/CrossEntropyLoss"):
     """OLMo ladder final points: loss = mean of the last 5 evaluations (as the repo does), tokens = last
-    throughput/total_tokens, params = N from configs/final.json, m = its "flops" per token, compute = m·D.
+    throughput/total_tokens (for the 13B target, whose log lacks it: last step × its constant batch size),
+    params = N from configs/final.json, m = its "flops" per token, compute = m·D.
 
     The 3B rung is not in final.json: its N comes from its published architecture (``olmo_ladder_params``,
     ``OLMO_LADDER_EXTRA_ARCH``) and its m from the run's own log, m = throughput/total_training_Gflops·1e9
@@ -212,6 +213,7 @@ def load_olmo_ladder(root: Path | None = None, loss_column: str = "eval/c4_en-va
         else:
             continue
         d = pd.read_csv(path)
+        d = _with_token_count(d)
         if "throughput/total_tokens" not in d.columns or loss_column not in d.columns:
             continue
         N, m = sizes.get(size, (np.nan, np.nan))
@@ -243,6 +245,18 @@ def load_olmo_ladder(root: Path | None = None, loss_column: str = "eval/c4_en-va
             }
         )
     return validate_run_table(pd.DataFrame(rows))
+
+
+def _with_token_count(log: pd.DataFrame) -> pd.DataFrame:
+    """A log without ``throughput/total_tokens`` (the 13B target's) gets D = _step · batch_size_in_tokens
+    where the batch size is one constant over the log (13B: 596,057 steps × 8,388,608 = 5.0T tokens)."""
+    if "throughput/total_tokens" in log.columns or not {"_step", "batch_size_in_tokens"} <= set(log.columns):
+        return log
+    bs = log["batch_size_in_tokens"].dropna().unique()
+    if bs.size != 1:
+        return log
+    tokens = (log["_step"].astype(float) * float(bs[0])).rename("throughput/total_tokens")
+    return pd.concat([log, tokens], axis=1)
 
 
 def load_datablations(root: Path | None = None) -> pd.DataFrame:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+EXTRA_KEYS = ("pi95", "selection")
+
 
 class LawError(ValueError):
     """A law could not be fitted to the given runs; the message says why."""
@@ -31,6 +33,8 @@ class Law:
     backtest: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    # further top-level entry keys of DESIGN.md's contract ("pi95", "selection"), written and read as they are
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The laws.json entry; ci95 lists only finite intervals (none without a bootstrap); NaN -> null."""
@@ -47,6 +51,7 @@ class Law:
             "backtest": jsonable(self.backtest),
             "samples": {k: jsonable([float(x) for x in v]) for k, v in self.samples.items()},
             "notes": jsonable(self.notes),
+            **{k: jsonable(v) for k, v in self.extra.items()},
         }
 
     @classmethod
@@ -64,6 +69,7 @@ class Law:
             backtest=dict(entry.get("backtest", {})),
             samples={k: [num(x) for x in v] for k, v in entry.get("samples", {}).items()},
             notes=dict(entry.get("notes", {})),
+            extra={k: v for k, v in entry.items() if k in EXTRA_KEYS},
         )
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from windtunnel.cli import UserError
 from windtunnel.laws.lawset import LawSet, fit_laws
 from windtunnel.laws.registry import law_names
+from windtunnel.laws.selection import selection_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +147,8 @@ def print_table(lawset: LawSet, messages: list[str] | None = None) -> None:
                 bt_text if i == 0 else "",
             )
     console.print(table)
+    for line in selection_lines(lawset.laws):
+        console.print(line, highlight=False)
     for name, reason in lawset.errors.items():
         console.print(f"[red]not fitted[/red] {name}: {reason}", highlight=False)
     for name, excl in lawset.excluded.items():

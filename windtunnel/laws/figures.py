@@ -1,6 +1,7 @@
 """Figures of fitted laws (matplotlib, Agg backend; each figure as PNG and SVG).
 
-IsoFLOP profiles with their parabolas and optima, the loss frontier with its 95 % band and extrapolation,
+IsoFLOP profiles with their parabolas and optima, the loss frontier and L(N, D) with their 95 % prediction
+intervals and extrapolation, the rollout errors of the candidate loss-law forms,
 lr and batch laws over all runs with the near-optimal band highlighted, EL against A and G, and backtest
 errors.
 """
@@ -93,7 +94,7 @@ def plot_frontier(runs: pd.DataFrame, lawset: LawSet, outdir: Path) -> list[Path
     v, lo, hi = lawset.predict("frontier", grid)
     c = law.coefficients
     ax.plot(grid, v, color="C1", label=f"E={c['E']:.3g} + {c['A']:.3g}·C^-{c['alpha']:.3f}")
-    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label="95% band")
+    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label="95 % prediction interval")
     ax.axvline(cmax, color="k", lw=0.5, ls="--")
     ax.set(xscale="log", xlabel="compute C", ylabel="loss", title="loss frontier (extrapolated 2 decades)")
     ax.legend(fontsize=7)
@@ -163,6 +164,42 @@ def plot_leverage(lawset: LawSet, outdir: Path, C: float | None = None) -> list[
     return _save(fig, outdir, "leverage")
 
 
+def plot_parametric(runs: pd.DataFrame, lawset: LawSet, outdir: Path) -> list[Path]:
+    """Loss against tokens per model size with the fitted L(N, D) and its 95 % prediction interval
+    (extrapolated one decade in D beyond the runs), and every candidate form's rollout error."""
+    law = lawset.laws["parametric"]
+    sub = _subset(runs, "parametric")
+    sizes = np.unique(sub["params"].to_numpy(float))
+    pick = sizes[np.unique(np.linspace(0, sizes.size - 1, min(6, sizes.size)).round().astype(int))]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("viridis")
+    D_grid = np.logspace(np.log10(sub["tokens"].min()), np.log10(sub["tokens"].max()) + 1, 80)
+    for i, N in enumerate(pick):
+        col = cmap(i / max(len(pick) - 1, 1))
+        pts = sub[np.isclose(sub["params"], N)]
+        ax.scatter(pts["tokens"], pts["loss"], color=col, s=12, label=f"N={N:.3g}")
+        v, lo, hi = lawset.predict("parametric", (np.full_like(D_grid, N), D_grid))
+        ax.plot(D_grid, v, color=col, lw=1)
+        ax.fill_between(D_grid, lo, hi, color=col, alpha=0.15)
+    ax.axvline(sub["tokens"].max(), color="k", lw=0.5, ls="--")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="tokens D",
+        ylabel="loss",
+        title="L(N, D) with 95 % prediction interval",
+    )
+    ax.legend(fontsize=6)
+    sel = law.extra.get("selection", {})
+    cands = {k: v for k, v in sel.get("candidates", {}).items() if v is not None and np.isfinite(v)}
+    names = list(cands)
+    colours = ["C3" if n == sel.get("chosen") else "C0" for n in names]
+    ax2.bar(np.arange(len(names)), [100 * cands[n] for n in names], color=colours)
+    ax2.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    ax2.set(ylabel="rollout error (%)", title=f"form chosen by rollout backtest: {sel.get('chosen', '?')}")
+    return _save(fig, outdir, "parametric")
+
+
 def plot_backtest(lawset: LawSet, outdir: Path) -> list[Path]:
     names = [n for n, law in lawset.laws.items() if "mean_rel_err" in law.backtest]
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 2), 3.6))
@@ -188,6 +225,8 @@ def plot_laws(runs_df: pd.DataFrame, lawset: LawSet, outdir: str | Path) -> list
             paths += plot_hparam(runs, lawset, name, outdir)
     if "frontier" in lawset.laws and lawset.laws["frontier"].notes.get("points"):
         paths += plot_frontier(runs, lawset, outdir)
+    if "parametric" in lawset.laws:
+        paths += plot_parametric(runs, lawset, outdir)
     if "leverage" in lawset.laws:
         paths += plot_leverage(lawset, outdir)
     if any("mean_rel_err" in law.backtest for law in lawset.laws.values()):

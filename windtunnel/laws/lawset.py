@@ -22,6 +22,7 @@ from windtunnel.laws.base import Law, LawError, jsonable
 from windtunnel.laws.builtin import ling_laws
 from windtunnel.laws.checks import degenerate, flat_loss, mark_duplicate_runs
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND
+from windtunnel.laws.intervals import widen
 from windtunnel.laws.parametric import fit_parametric_law
 from windtunnel.laws.powerlaw import fit_frontier_law, frontier_value
 from windtunnel.laws.registry import FitOptions, LawSpec, law_names, law_spec, power_value, register
@@ -129,7 +130,7 @@ class LawSet:
         value = _evaluate(name, law.coefficients, x)
         draws = law.samples
         if not draws or not all(len(v) for v in draws.values()):
-            return _scalar(value), _scalar(value), _scalar(value)
+            return _with_pi95(law, value, value, value)
         keys = list(draws)
         R = min(len(draws[k]) for k in keys)
         coef_R = {
@@ -139,7 +140,14 @@ class LawSet:
             vals = _evaluate(name, coef_R, x)
         vals = np.where(np.isfinite(vals), vals, np.nan)
         lo, hi = np.nanpercentile(vals, [2.5, 97.5], axis=0)
-        return _scalar(value), _scalar(lo), _scalar(hi)
+        return _with_pi95(law, value, lo, hi)
+
+
+def _with_pi95(law: Law, value: Any, lo: Any, hi: Any) -> tuple[Any, Any, Any]:
+    """A law with a ``pi95`` record (loss laws) widens its bootstrap interval by its residual scale."""
+    if "pi95" in law.extra:
+        lo, hi = widen(value, lo, hi, law.extra["pi95"])
+    return _scalar(value), _scalar(lo), _scalar(hi)
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -18,7 +18,10 @@ import itertools
 
 import numpy as np
 
+from windtunnel.laws.forms import CANDIDATES, PLAIN, bootstrap_candidate
+from windtunnel.laws.intervals import pi95_record, residual_scale
 from windtunnel.laws.optim import batched_lbfgs, huber, polish
+from windtunnel.laws.selection import fit_form, frontier_e_resamples, select_form
 
 HUBER_DELTA = 1e-3
 # parameter vector order: (a, b, e, alpha, beta)
@@ -149,16 +152,15 @@ def predict_parametric(x_P: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndar
 def fit_parametric_law(
     runs, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True
 ):
-    """``parametric`` law from the run table's params, tokens, loss (bootstrap: resample runs, batched
-    refits)."""
-    from windtunnel.laws.base import (
-        Law,
-        LawError,
-        bootstrap_weights,
-        budget_labels,
-        percentile_ci,
-        relative_errors,
-    )
+    """``parametric`` law from the run table's params, tokens, loss (and compute, for the rollout budgets).
+
+    The form is chosen among ``forms.CANDIDATES`` by a rollout backtest inside these runs
+    (``selection.select_form``); the winner is refitted on all runs, bootstrapped (resampled runs, batched
+    refits from the full-data optimum; for ``e_fixed`` E is refitted on each resample's frontier), and its
+    95 % prediction interval combines the bootstrap with the residual scale (``intervals``). The entry's
+    ``selection`` names the winner and every candidate's rollout error; ``pi95`` gives sigma.
+    """
+    from windtunnel.laws.base import Law, LawError, bootstrap_weights, percentile_ci
 
     rng = np.random.default_rng(0) if rng is None else rng
     N, D, L = (runs[c].to_numpy(float) for c in ("params", "tokens", "loss"))
@@ -166,17 +168,30 @@ def fit_parametric_law(
         raise LawError(f"needs at least 6 usable runs for 5 coefficients; got {len(runs)}")
     if np.unique(N).size < 2 or np.unique(D).size < 2:
         raise LawError("needs 2 or more distinct params and tokens values")
-    coefs, _, x_hat = fit_parametric(N, D, L)
+    C = _compute(runs, N, D)
+    sel = select_form(N, D, L, C)
+    cand = next(c for c in CANDIDATES if c.name == sel.chosen)
+    _, _, x_plain = fit_parametric(N, D, L)
+    x_hat, _ = (x_plain, 0.0) if cand is PLAIN else fit_form(cand, N, D, L, C, warm=x_plain)
+    if not np.all(np.isfinite(x_hat)):  # a candidate that cannot be refitted on all runs: the plain form
+        cand, x_hat = PLAIN, x_plain
     law = Law(
         name="parametric",
-        form="loss = E + A / params^alpha + B / tokens^beta  (Huber 1e-3 on log loss, Epoch AI grid L-BFGS)",
-        coefficients=coefs,
+        form=f"loss = E + A / params^alpha + B / tokens^beta  [{cand.name}: {cand.describe()}]",
+        coefficients=to_coefficients(x_hat),
         n_runs=int(len(runs)),
         run_ids=[str(r) for r in runs["run_id"]],
     )
+    with np.errstate(all="ignore"):
+        sigma_res = residual_scale(np.log(predict_parametric(x_hat, N, D)) - np.log(L))
+    law.extra = {
+        "selection": {**sel.to_dict(), "chosen": cand.name},
+        "pi95": pi95_record(sigma_res, residual_scale(np.array(sel.rollout_log_residuals))),
+    }
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        x = bootstrap_parametric(N, D, L, x_hat, W)
+        e_R = frontier_e_resamples(C, L, W) if cand.fix_e else 0.0
+        x = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=e_R)
         samples = {
             "E": np.exp(x[:, 2]),
             "A": np.exp(x[:, 0]),
@@ -187,18 +202,29 @@ def fit_parametric_law(
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
     if backtest:
-        labels, centers = budget_labels(runs["compute"].to_numpy(float))
-        if len(centers) < 3:
-            law.backtest = {"skipped": "needs 3 or more compute budgets"}
-        else:
-            low = labels < len(centers) - 1
-            try:
-                _, _, x_low = fit_parametric(N[low], D[low], L[low], grid=x_hat[None, :], n_polish=1)
-                pred = predict_parametric(x_low, N[~low], D[~low])
-                law.backtest = {
-                    "cut_compute": float(centers[-1] / 10**0.05),
-                    **relative_errors(pred, L[~low]),
-                }
-            except Exception as err:  # noqa: BLE001 - a failed backtest must not lose the law
-                law.backtest = {"skipped": f"backtest fit failed: {err}"}
+        law.backtest = _top_budget_backtest(cand, N, D, L, C, x_hat)
     return law
+
+
+def _compute(runs, N: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """The runs' compute, 6·N·D where a row lacks it."""
+    C = runs["compute"].to_numpy(float) if "compute" in runs else np.full(len(N), np.nan)
+    return np.where(np.isfinite(C) & (C > 0), C, 6.0 * N * D)
+
+
+def _top_budget_backtest(cand, N, D, L, C, x_hat) -> dict:
+    """Refit the chosen form below the top compute budget and predict it: {cut_compute, mean/max_rel_err}."""
+    from windtunnel.laws.base import budget_labels, relative_errors
+
+    labels, centers = budget_labels(C)
+    if len(centers) < 3:
+        return {"skipped": "needs 3 or more compute budgets"}
+    low = labels < len(centers) - 1
+    try:
+        x_low, _ = fit_form(cand, N[low], D[low], L[low], C[low], warm=x_hat)
+        if not np.all(np.isfinite(x_low)):
+            return {"skipped": f"{cand.name} could not be fitted below the top budget"}
+        pred = predict_parametric(x_low, N[~low], D[~low])
+        return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, L[~low])}
+    except Exception as err:  # noqa: BLE001 - a failed backtest must not lose the law
+        return {"skipped": f"backtest fit failed: {err}"}

@@ -9,6 +9,8 @@ at once with ``optim.batched_lbfgs``.
 Frontier (Ling, arXiv 2507.17702 Sec. 3; Hoffmann et al. 2022): L(C) = E + A·C^(−alpha) fitted in log space as
 log L̂ = LSE(log A − alpha·log C, log E) with Huber δ = 1e-3 on log loss, summed (Epoch AI's objective,
 arXiv 2404.10102), from a small grid of starts. Frontier points = the lowest loss at each compute budget.
+Its 95 % prediction interval (``intervals``): bootstrap percentiles widened by the RMS log residual of the
+frontier points and the log error of the top-budget backtest.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 
 import numpy as np
 
+from windtunnel.laws.intervals import pi95_record, residual_scale
 from windtunnel.laws.optim import batched_lbfgs, huber, polish
 
 POWERLAW_DELTA = 0.1
@@ -185,20 +188,13 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
     )
     if n_boot:
         W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        K = len(centers)
-        Lm = np.where(W > 0, L[None, :], np.inf)
-        bestL_RK = np.stack([Lm[:, labels == k].min(1) for k in range(K)], 1)
-        argbest = np.stack(
-            [np.flatnonzero(labels == k)[np.argmin(Lm[:, labels == k], 1)] for k in range(K)], 1
-        )
-        C_RK = C[argbest]
-        # one problem per resample over its own frontier points: weights over a per-row point set
-        logC_RK, logL_RK = np.log(C_RK), np.log(bestL_RK)
-        x = _bootstrap_frontier_rows(logC_RK, logL_RK, x_hat)
+        x = bootstrap_frontier_resamples(C, L, labels, W, x_hat)
         with np.errstate(over="ignore"):
             samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
+    sigma_res = residual_scale(np.log(frontier_value_log(x_hat, C[fp])) - np.log(L[fp]))
+    law.extra["pi95"] = pi95_record(sigma_res, 0.0)
     if backtest:
         if len(centers) < 4:
             law.backtest = {"skipped": "needs 4 or more compute budgets"}
@@ -213,6 +209,7 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
             cut = float(centers[-1] / 10**0.05)
             if np.all(np.isfinite(pred)):
                 law.backtest = {"cut_compute": cut, **relative_errors(pred, L[[top]])}
+                law.extra["pi95"] = pi95_record(sigma_res, float(np.abs(np.log(pred[0] / L[top]))))
             else:  # e.g. 3 points for 3 coefficients, bending so fast that A overflows: say so, not nan
                 law.backtest = {
                     "cut_compute": cut,
@@ -220,6 +217,20 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
                     f" identified (alpha={c_low['alpha']:.3g}): no finite prediction at the top budget",
                 }
     return law
+
+
+def bootstrap_frontier_resamples(
+    C: np.ndarray, L: np.ndarray, labels: np.ndarray, W_RN: np.ndarray, x_hat: np.ndarray
+) -> np.ndarray:
+    """Frontier refits, one per resample (row of multinomial ``W_RN`` over runs), started at x_hat; returns
+    x_RP = (log A, log E, alpha). In each resample a budget's frontier point is the best loss among its drawn
+    runs (vectorised as a masked minimum)."""
+    K = int(labels.max()) + 1
+    Lm = np.where(W_RN > 0, L[None, :], np.inf)
+    bestL_RK = np.stack([Lm[:, labels == k].min(1) for k in range(K)], 1)
+    argbest = np.stack([np.flatnonzero(labels == k)[np.argmin(Lm[:, labels == k], 1)] for k in range(K)], 1)
+    with np.errstate(divide="ignore"):
+        return _bootstrap_frontier_rows(np.log(C[argbest]), np.log(bestL_RK), x_hat)
 
 
 def _bootstrap_frontier_rows(logC_RK: np.ndarray, logL_RK: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
