@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from windtunnel.cli import UserError
+from windtunnel.orchestrator.cli_plan import add_budget_argument, run_preamble
 from windtunnel.orchestrator.spec import Plan, SpecError, load_and_expand
 
 
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="validate and list the trials; start nothing")
     parser.add_argument("--no-progress", action="store_true", help="no live progress table")
+    add_budget_argument(parser)
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -68,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(plan_lines(plan)))
         return 0
+    planned_s = run_preamble(spec, plan, args.budget, args.tracking_uri)  # totals; refuses over budget
     from windtunnel.orchestrator.driver import run_sweep
 
     try:
@@ -77,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
             address=args.address,
             tracking_uri=args.tracking_uri,
             show_progress=not args.no_progress,
+            planned_s=planned_s,
         )
     except SpecError as err:  # e.g. the data could not be prepared
         raise UserError(str(err)) from None

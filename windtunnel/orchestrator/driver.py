@@ -159,6 +159,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     show_progress: bool = True,
     log_flush_s: float = 10.0,
+    planned_s: float | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a sweep. See the module docstring for the resume rules."""
 
@@ -245,7 +246,7 @@ def run_sweep(
     }
     from windtunnel.orchestrator.progress import SweepProgress, make_callback
 
-    progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(done_counts))
+    progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(done_counts), planned_s=planned_s)
     if n_launch:
         all_cfgs = [RunConfig.from_dict(i["run_cfg"]) for i in fixed] + [s.group.base_cfg for s in searches]
         ctx["manifest_hash"] = _prepare_data(all_cfgs)
@@ -317,7 +318,7 @@ def _run_tuners(
                 searcher=_optuna_searcher(sp),
                 grid=list(sp.grid),
                 remaining=sp.remaining,
-                cost=_cost(g.base_cfg),
+                cost=trial_flops(g.base_cfg),
             )
         )
         schedulers[gi] = _scheduler(g)
@@ -325,7 +326,7 @@ def _run_tuners(
     if n_total == 0:
         return
     scheduler = GroupedScheduler(schedulers)
-    searcher = GroupedSearcher([_cost(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
+    searcher = GroupedSearcher([trial_flops(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
     live, poller = None, None
     if show_progress:
         from rich.live import Live
@@ -366,14 +367,19 @@ def _run_tuners(
             live.stop()
 
 
-def _cost(cfg: RunConfig) -> float:
-    """A trial's cost for longest-work-first ordering: training FLOPs with the output layer,
-    D * (M + 6 * d_model * vocab). M alone leaves out the head, which dominates tiny models: an IsoFLOP
-    profile's smallest model has the most tokens and is the slowest trial at its budget."""
-    from trainer.flops import flops_per_token
+def trial_flops(cfg: RunConfig) -> float:
+    """A run's training FLOPs as the trainer counts them: C_train = D * F, D = steps * batch_tokens (the
+    tokens the trainer trains: ``optim.tokens`` rounded down to whole batches) and
+    F = ``trainer.hardware.mfu_flops_per_token`` = M (with MTP) + 6 * d_model * vocab * (1 + n_mtp), the
+    output layer included (PaLM App. B). M alone leaves out the head, which dominates tiny models: an IsoFLOP
+    profile's smallest model has the most tokens and is the slowest trial at its budget. Also the cost the
+    searcher orders trials by (longest work first) and the planner's FLOPs (``windtunnel plan``)."""
+    from trainer.hardware import mfu_flops_per_token
 
-    head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
-    return (float(flops_per_token(cfg.model)) + head) * float(cfg.optim.tokens)
+    return float(mfu_flops_per_token(cfg.model)) * float(cfg.steps * cfg.batch_tokens)
+
+
+_cost = trial_flops  # the name tests/orchestrator/test_spec.py and groups.py's docstring use
 
 
 def _optuna_searcher(sp: SearchPlan) -> Any:
