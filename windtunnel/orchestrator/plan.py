@@ -5,7 +5,8 @@ FLOPs per run: ``driver.trial_flops`` (C_train = D * F, the trainer's own accoun
 plus its validations, n_evals * eval_batches * micro_batch * seq_len * F / 3 (forward only).
 
 Wall time per run, one of two sources (the ``source`` column says which):
-- ``probed`` / ``cached``: a timed probe of the real trainer at the run's shape on this machine (probe.py):
+- ``probed`` / ``cached``: a timed probe of the real trainer at the run's shape on this machine (probe.py),
+  with as many trials training side by side as the sweep has slots (CPU sweeps):
   t = steps * step_s + n_evals * eval_s + overhead_s + ``TRIAL_OVERHEAD_S``;
 - ``extrapolated``: shapes too big to probe here (a GPU run on a machine without one, or a CPU probe longer
   than ``MAX_PROBE_S``): t = FLOPs / rate + overhead, rate = n_gpus * peak * ``ASSUMED_MFU`` on a GPU (peak:
@@ -163,15 +164,16 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
-def _probe_all(rows: list[PlanRow], spec: SweepSpec, cache: ProbeCache | None) -> float:
-    """Probe (or read from the cache) every CPU row small enough; returns the best FLOP/s seen (0 if none)."""
+def _probe_all(rows: list[PlanRow], spec: SweepSpec, cache: ProbeCache | None, copies: int) -> float:
+    """Probe (or read from the cache) every row small enough, ``copies`` trials side by side; returns the
+    best FLOP/s seen (0 if none)."""
     threads = max(1, int(spec.resources.cpus))
     best_rate = 0.0
     done: dict[str, ProbeResult] = {}
     for r in sorted(rows, key=lambda r: r.flops / max(1, r.cfg.steps)):
         if _uses_gpu(r.cfg) and not _cuda_available():
             continue
-        key = shape_key(r.cfg, threads)
+        key = shape_key(r.cfg, threads, copies)
         step_flops = r.flops / max(1, r.cfg.steps)
         rate_guess = best_rate or CPU_FLOPS_PER_THREAD * threads
         if key not in done and PROBE_STEPS * step_flops / rate_guess > MAX_PROBE_S and not _uses_gpu(r.cfg):
@@ -179,7 +181,7 @@ def _probe_all(rows: list[PlanRow], spec: SweepSpec, cache: ProbeCache | None) -
         if key not in done:
             hit = cache.get(key) if cache is not None else None
             if hit is None:
-                hit = run_probe(r.cfg, threads)
+                hit = run_probe(r.cfg, threads, copies)
                 if cache is not None:
                     hit = cache.put(key, r.cfg, hit)
             done[key] = hit
@@ -204,7 +206,7 @@ def estimate(
     est = SweepEstimate(spec.name, rows, _slots(spec, gpu), gpus)
     if not probe:
         return est
-    cpu_rate = _probe_all(rows, spec, cache)
+    cpu_rate = _probe_all(rows, spec, cache, 1 if gpu else est.slots)
     threads = max(1, int(spec.resources.cpus))
     for r in rows:
         if r.source:

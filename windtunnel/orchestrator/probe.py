@@ -3,7 +3,8 @@ the tracking store keyed by (shape, hardware fingerprint).
 
 A probe trains ``PROBE_STEPS`` steps of ``trainer.train`` on the run's own data path (``prepare_data``) with
 the run's model, batch, precision, schedule kind and thread count, in a temporary workdir (checkpoints are
-written as in a trial), a validation every ``PROBE_EVAL_EVERY`` steps and a metric point every step. From the
+written as in a trial), beside ``copies - 1`` processes training the same shape (the sweep's other slots), a
+validation every ``PROBE_EVAL_EVERY`` steps and a metric point every step. From the
 trainer's own per-step ``step_time_s`` and the wall clock between its reports it measures:
 
 - ``step_s``: median training-step time over the steps after the first ``PROBE_WARMUP`` (allocator warm-up);
@@ -21,10 +22,16 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig
@@ -79,9 +86,9 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def shape_key(cfg: RunConfig, threads: int) -> str:
-    """Hash of what sets a step's cost: model, batch, precision, device, schedule kind, eval size, threads
-    (not the learning rate, the token count or the seed)."""
+def shape_key(cfg: RunConfig, threads: int, copies: int = 1) -> str:
+    """Hash of what sets a step's cost: model, batch, precision, device, schedule kind, eval size, threads and
+    the number of trials running side by side (not the learning rate, the token count or the seed)."""
     return _digest(
         {
             "model": cfg.model.model_dump(mode="json"),
@@ -92,6 +99,7 @@ def shape_key(cfg: RunConfig, threads: int) -> str:
             "schedule": cfg.schedule.kind,
             "eval_batches": cfg.eval_batches,
             "threads": threads,
+            "copies": copies,
         }
     )
 
@@ -111,15 +119,45 @@ def probe_config(cfg: RunConfig) -> RunConfig:
 _warm = False  # the first training in a process pays one-off lazy imports and allocator set-up
 
 
-def run_probe(cfg: RunConfig, threads: int) -> ProbeResult:
-    """Time ``PROBE_STEPS`` real training steps of ``cfg`` (see the module docstring). The first probe in a
-    process runs twice and keeps the second: a trial worker (``reuse_actors``) pays that warm-up once per
-    sweep, not per run."""
+def run_probe(cfg: RunConfig, threads: int, copies: int = 1) -> ProbeResult:
+    """Time ``PROBE_STEPS`` real training steps of ``cfg`` (see the module docstring) while ``copies - 1``
+    other processes train the same shape, as the sweep's other slots will (measured on 2 shared cores: two
+    side by side each ran 1.7-2.2x slower than one alone). The first probe in a process runs twice and keeps
+    the second: a trial worker (``reuse_actors``) pays that warm-up once per sweep, not per run."""
     global _warm
     if not _warm:
         _warm = True
         _timed_probe(cfg, threads)
-    return _timed_probe(cfg, threads)
+    with _side_by_side(cfg, threads, copies - 1):
+        return _timed_probe(cfg, threads)
+
+
+@contextmanager
+def _side_by_side(cfg: RunConfig, threads: int, n: int) -> Iterator[None]:
+    """``n`` processes training ``cfg`` in a loop (this module as ``__main__``), warm before it yields."""
+    if n <= 0:
+        yield
+        return
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="wt-probe-load-") as tmp:
+        path = Path(tmp) / "run_config.json"
+        path.write_text(cfg.model_dump_json())
+        cmd = [sys.executable, "-m", "windtunnel.orchestrator.probe", str(path), str(threads)]
+        try:
+            for _ in range(n):
+                procs.append(
+                    subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                )
+            for p in procs:
+                assert p.stdout is not None
+                if p.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"probe load process exited with {p.wait()}")
+            yield
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=60)
 
 
 def _timed_probe(cfg: RunConfig, threads: int) -> ProbeResult:
@@ -209,7 +247,16 @@ class ProbeCache:
         with_retry(client.set_terminated, run.info.run_id, "FINISHED")
         return ProbeResult(**{**asdict(probe), "run_id": run.info.run_id})
 
-    def get_or_probe(self, cfg: RunConfig, threads: int) -> ProbeResult:
-        key = shape_key(cfg, threads)
-        hit = self.get(key)
-        return hit if hit is not None else self.put(key, cfg, run_probe(cfg, threads))
+
+def _load_main(argv: list[str]) -> None:
+    """Train the probe of a RunConfig (JSON file ``argv[0]``, ``argv[1]`` threads) until terminated."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwinds: temporary workdirs are removed
+    cfg = RunConfig.model_validate_json(Path(argv[0]).read_text())
+    _timed_probe(cfg, int(argv[1]))
+    print("ready", flush=True)
+    while True:
+        _timed_probe(cfg, int(argv[1]))
+
+
+if __name__ == "__main__":
+    _load_main(sys.argv[1:])
