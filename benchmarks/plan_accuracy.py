@@ -1,10 +1,10 @@
 """How close the planner's estimate came to a finished sweep: per-trial and whole-sweep comparison.
 
 Run after ``windtunnel run SWEEP.yaml`` in the same directory (its store holds the probes the run used):
-``python benchmarks/plan_accuracy.py SWEEP.yaml [--tracking-uri sqlite:///mlflow.db]``. Prints the sweep wall
-estimate, the median (range) of actual / estimated time of the finished trials (MLflow start..end of each child
-run), and the estimate redone with the pruning the sweep really did (each row's time x the share of its tokens
-the trial trained). Search groups only are matched to rows by their ``search_group`` tag; fixed trials by hash.
+``python benchmarks/plan_accuracy.py SWEEP.yaml [--tracking-uri URI]``. Prints the sweep wall estimate, the
+median (range) of actual / estimated time of the finished trials (MLflow start..end of each child run), and
+the estimate redone with the pruning the sweep really did (each row's time x the share of its tokens the
+trial trained). Rows match runs by ``search_group`` tag (search groups) or ``config_hash`` (fixed trials).
 """
 
 from __future__ import annotations
@@ -53,9 +53,8 @@ def main() -> None:
         f"trial time summed: actual {sum(actual):.0f} s; estimated {est.run_s:.0f} s without pruning, "
         f"{sum(pruned_est):.0f} s with the sweep's own pruning"
     )
-    print(
-        f"sweep wall estimate with the sweep's own pruning: {SWEEP_FIXED_S + makespan(pruned_est, est.slots):.0f} s"
-    )
+    wall = SWEEP_FIXED_S + makespan(pruned_est, est.slots)
+    print(f"sweep wall estimate with the sweep's own pruning: {wall:.0f} s")
 
 
 if __name__ == "__main__":
