@@ -23,6 +23,10 @@ DESCRIPTION = (
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("windtunnel.orchestrator.cli_run", "run a sweep YAML on Ray Tune, logging to MLflow"),
+    "plan": (
+        "windtunnel.orchestrator.cli_plan",
+        "estimate a sweep's FLOPs and wall time; refuse it over --budget",
+    ),
     "status": ("windtunnel.orchestrator.cli_status", "show the progress of sweeps in a tracking store"),
     "schema": ("windtunnel.orchestrator.cli_schema", "print the sweep YAML's JSON Schema"),
     "fit": ("windtunnel.laws.cli", "fit scaling laws to a run table or an MLflow experiment"),

@@ -315,11 +315,11 @@ def test_search_lr_grid_and_one_model_per_budget() -> None:
 )
 def test_cpu_sweeps_dry_run(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The CPU-sized sweeps validate and list their trials through the CLI, and stay CPU-sized: at most 1e13
-    training FLOPs with the output head (the driver's ``_cost``, before pruning). Measured in session 3 on 2
+    training FLOPs with the output head (``expand.trial_flops``, before pruning). Measured in session 3 on 2
     cores: hparam_law_cpu 9.2e12 in 190-426 s, isoflop_cpu 2.6e12 in 247 s, ling_windtunnel_cpu 4.0e12 in
     276 s.
     """
-    from windtunnel.orchestrator.driver import _cost
+    from windtunnel.orchestrator.expand import trial_flops
     from windtunnel.orchestrator.spec import load_and_expand
 
     path = ROOT / "experiments" / f"{name}.yaml"
@@ -327,6 +327,6 @@ def test_cpu_sweeps_dry_run(name: str, capsys: pytest.CaptureFixture[str]) -> No
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert int(last.split()[0]) >= 5, last
     _, plan = load_and_expand(path)
-    work = sum(_cost(t.run_cfg) for t in plan.trials)
-    work += sum(_cost(g.base_cfg) * g.search.num_samples for g in plan.searches)
+    work = sum(trial_flops(t.run_cfg) for t in plan.trials)
+    work += sum(trial_flops(g.base_cfg) * g.search.num_samples for g in plan.searches)
     assert work <= 1e13, f"{name}: {work:.3g} FLOPs"

@@ -13,7 +13,7 @@ from micro_spec import MICRO_MODEL
 from trainer.flops import flops_per_token
 from windtunnel.cli import main as cli_main
 from windtunnel.laws import LawSet
-from windtunnel.orchestrator.driver import _cost
+from windtunnel.orchestrator.expand import trial_flops
 from windtunnel.orchestrator.seednoise import seed_noise
 from windtunnel.orchestrator.spec import SpecError, load_and_expand, parse_spec
 from windtunnel.orchestrator.validation import check_target, plan_target
@@ -104,7 +104,7 @@ def test_validation_sweeps_expand_and_dry_run(name: str, capsys: pytest.CaptureF
         # CPU-sized: the ladder (with the output head, the driver's cost) and 3 target runs of C_target
         # (+ at most 25 % for the head at the target's size) stay within ~75 minutes on 2 cores at the
         # trainer's ~1.2e10 FLOP/s per thread measured on 2026-12-06
-        ladder = sum(_cost(t.run_cfg) for t in plan.trials)
+        ladder = sum(trial_flops(t.run_cfg) for t in plan.trials)
         target = len(spec.target.seeds) * 1.25 * spec.target.target_compute(budgets[-1])
         assert ladder <= 1e13 and target <= 6e13, (ladder, target)
 

@@ -13,6 +13,7 @@ import argparse
 import os
 
 from windtunnel.cli import UserError
+from windtunnel.orchestrator.cli_plan import add_budget_argument, run_preamble
 from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec, load_and_expand
 
 
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="validate and list the trials; touch no store, start nothing"
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress table")
+    add_budget_argument(parser)
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -86,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(plan_lines(plan)))
         return 0
+    planned_s = run_preamble(spec, plan, args.budget, args.tracking_uri)  # totals; refuses over budget
     from windtunnel.orchestrator.driver import run_sweep
     from windtunnel.orchestrator.sweeplock import SweepBusy
 
@@ -96,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
             address=args.address,
             tracking_uri=tracking_uri(args.tracking_uri, spec),
             show_progress=not args.no_progress,
+            planned_s=planned_s,
         )
     except (SpecError, SweepBusy) as err:  # e.g. the data could not be prepared, the sweep runs elsewhere
         raise UserError(str(err)) from None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import RunConfig
+from windtunnel.orchestrator.expand import trial_flops
 from windtunnel.orchestrator.raycluster import (
     TUNE_ENV,
     StorePoller,
@@ -106,6 +107,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     show_progress: bool = True,
     log_flush_s: float = 10.0,
+    planned_s: float | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a sweep. See the module docstring for the resume rules.
 
@@ -129,7 +131,9 @@ def run_sweep(
             check_local_resources(spec)
         check_store_writable(uri)
         manifests = prepare_manifests([t.run_cfg for t in plan.trials] + [g.base_cfg for g in plan.searches])
-        outcome = _run_locked(spec, plan, uri, sweep_dir, manifests, address, show_progress, log_flush_s)
+        outcome = _run_locked(
+            spec, plan, uri, sweep_dir, manifests, address, show_progress, log_flush_s, planned_s
+        )
     outcome.wall_s = time.perf_counter() - t_start
     return outcome
 
@@ -143,6 +147,7 @@ def _run_locked(
     address: str | None,
     show_progress: bool,
     log_flush_s: float,
+    planned_s: float | None = None,
 ) -> SweepOutcome:
     from windtunnel.orchestrator.fitting import fit_at_end
     from windtunnel.orchestrator.progress import SweepProgress, make_callback
@@ -177,7 +182,9 @@ def _run_locked(
         "cpus": spec.resources.cpus,
         "log_flush_s": log_flush_s,
     }
-    progress = SweepProgress(spec.name, plan.n_trials, already_done=dict(work.done_counts))
+    progress = SweepProgress(
+        spec.name, plan.n_trials, already_done=dict(work.done_counts), planned_s=planned_s
+    )
     if n_launch:
         _run_tuners(
             spec, ctx, work.fixed, work.searches, address, sweep_dir, progress, show_progress, make_callback
@@ -263,7 +270,7 @@ def _run_tuners(
                 searcher=_optuna_searcher(sp),
                 grid=list(sp.grid),
                 remaining=sp.remaining,
-                cost=_cost(g.base_cfg),
+                cost=trial_flops(g.base_cfg),
             )
         )
         schedulers[gi] = _scheduler(g)
@@ -271,7 +278,7 @@ def _run_tuners(
     if n_total == 0:
         return
     scheduler = GroupedScheduler(schedulers)
-    searcher = GroupedSearcher([_cost(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
+    searcher = GroupedSearcher([trial_flops(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
     live, poller = None, None
     if show_progress:
         from rich.live import Live
@@ -321,13 +328,6 @@ def _watch_local_ray() -> None:
 
     if not _WATCHDOG or _WATCHDOG[0].poll() is not None:
         _WATCHDOG[:] = [start_watchdog()]
-
-
-def _cost(cfg: RunConfig) -> float:
-    """A trial's cost for longest-work-first ordering (``expand.trial_cost``)."""
-    from windtunnel.orchestrator.expand import trial_cost
-
-    return trial_cost(cfg)
 
 
 def _optuna_searcher(sp: SearchPlan) -> Any:

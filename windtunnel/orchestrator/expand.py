@@ -8,7 +8,7 @@
   search lists one model per budget).
 Trials are deduplicated by ``RunConfig.config_hash()``. The expanded plan is then checked (``check_plan``):
 every number of every trial finite, at most ``limits.max_trials`` trials, none costing more than
-``limits.max_trial_flops`` (cost = D * (M + 6 * d_model * vocab), ``trial_cost``).
+``limits.max_trial_flops`` (cost = D * (M + 6 * d_model * vocab), ``trial_flops``).
 """
 
 from __future__ import annotations
@@ -180,11 +180,17 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def trial_cost(cfg: RunConfig) -> float:
-    """A trial's training FLOPs with the output layer, D * (M + 6 * d_model * vocab). M alone leaves out the
-    head, which dominates tiny models (an IsoFLOP profile's smallest model is its slowest trial)."""
-    head = 6.0 * cfg.model.d_model * cfg.model.vocab_size
-    return (_fpt(cfg.model) + head) * float(cfg.optim.tokens)
+def trial_flops(cfg: RunConfig) -> float:
+    """A run's training FLOPs as the trainer counts them: C_train = D * F, D = steps * batch_tokens (the
+    tokens the trainer trains: ``optim.tokens`` rounded down to whole batches) and
+    F = ``trainer.hardware.mfu_flops_per_token`` = M (with MTP) + 6 * d_model * vocab * (1 + n_mtp), the
+    output layer included (PaLM App. B). M alone leaves out the head, which dominates tiny models: an IsoFLOP
+    profile's smallest model has the most tokens and is the slowest trial at its budget. The cost the
+    searcher orders trials by (longest work first), the ``limits.max_trial_flops`` check and the planner's
+    FLOPs (``windtunnel plan``)."""
+    from trainer.hardware import mfu_flops_per_token
+
+    return float(mfu_flops_per_token(cfg.model)) * float(cfg.steps * cfg.batch_tokens)
 
 
 def check_plan(spec: SweepSpec, plan: Plan) -> None:
@@ -199,7 +205,7 @@ def check_plan(spec: SweepSpec, plan: Plan) -> None:
     configs = [(t.study, t.run_cfg) for t in plan.trials] + [(g.study, g.base_cfg) for g in plan.searches]
     for study, cfg in configs:
         check_finite(cfg.model_dump(mode="python"), f"studies[{study}].trial")
-        cost = trial_cost(cfg)
+        cost = trial_flops(cfg)
         if not cost <= lim.max_trial_flops:
             raise SpecError(
                 f"limits.max_trial_flops: a trial of study {study} costs {cost:.3g} training FLOPs "

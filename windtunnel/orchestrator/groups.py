@@ -6,8 +6,8 @@ group's TPE had to wait for the previous group. Here a single Tuner takes all tr
 
 - ``GroupedSearcher`` (a ``ray.tune.search.Searcher``) hands out, from several sources, the next trial of the
   source with the most work left (remaining trials x cost per trial; cost = training FLOPs with the output
-  layer, ``driver._cost``): longest work first, so the sweep does not end on one long trial while the other
-  slots idle (the LPT rule of multiprocessor scheduling, Graham 1969). Sources: the fixed trials
+  layer, ``expand.trial_flops``): longest work first, so the sweep does not end on one long trial while the
+  other slots idle (the LPT rule of multiprocessor scheduling, Graham 1969). Sources: the fixed trials
   (``{"idx": i}``, costliest first) and one per search group (``{"group": g, "lr": ..}``). A group first runs
   its LR grid points (``lr_grid``), which are told to that group's ``OptunaSearch`` (TPE) as evaluated points
   when they finish; TPE draws the rest only once none of the group's grid points is still running (so it

@@ -2,7 +2,10 @@
 
 ``SweepProgress`` is fed by a Ray Tune ``Callback`` during ``windtunnel run`` and rebuilt from the tracking
 store by ``windtunnel status``. ETA = remaining work / observed rate, where work is measured in trial
-fractions (tokens seen / tokens planned): eta = (n_todo - done_work) * elapsed / done_work.
+fractions (tokens seen / tokens planned): eta_rate = (n_todo - done_work) * elapsed / done_work. With the
+planner's estimate of the whole sweep (``planned_s``, ``windtunnel plan``) the ETA starts from the plan and
+moves to the observed rate as work gets done: eta_plan = planned_s * (n_todo - done_work) / total,
+w = done_work / n_todo, eta = (1 - w) * eta_plan + w * eta_rate.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class SweepProgress:
     started_at: float = field(default_factory=time.monotonic)
     states: dict[str, str] = field(default_factory=dict)  # trial key -> state (this run)
     fractions: dict[str, float] = field(default_factory=dict)  # trial key -> share of its tokens done
+    planned_s: float | None = None  # the planner's wall-time estimate of the whole sweep
 
     def set_state(self, key: str, state: str) -> None:
         self.states[key] = state
@@ -42,14 +46,21 @@ class SweepProgress:
         return out
 
     def eta_s(self, now: float | None = None) -> float | None:
-        """Seconds left, from the work rate so far (None before any progress)."""
+        """Seconds left (module docstring): the plan blended with the work rate so far; None before any
+        progress when there is no plan."""
         now = time.monotonic() if now is None else now
         todo = self.total - sum(self.already_done.values())
         done = sum(self.fractions.values())
         elapsed = now - self.started_at
+        planned = self.planned_s is not None and self.planned_s == self.planned_s and self.total > 0
+        eta_plan = self.planned_s * max(0.0, todo - done) / self.total if planned else None  # type: ignore[operator]
         if done <= 0 or elapsed <= 0:
-            return None
-        return max(0.0, (todo - done) * elapsed / done)
+            return None if eta_plan is None else max(0.0, eta_plan - elapsed)
+        eta_rate = max(0.0, (todo - done) * elapsed / done)
+        if eta_plan is None:
+            return eta_rate
+        w = min(1.0, done / todo) if todo > 0 else 1.0
+        return max(0.0, (1 - w) * eta_plan + w * eta_rate)
 
     def line(self) -> str:
         c = self.counts()
