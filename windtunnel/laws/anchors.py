@@ -69,8 +69,9 @@ def load_epoch_chinchilla(drop_outliers: bool = True, root: Path | None = None) 
 def load_gadre(
     dataset: str | None = "c4_original", loss_column: str = "loss_c4_val", root: Path | None = None
 ):
-    """Gadre et al. over-training runs; params = params_no_embed, n_total = params_N, compute = 6·N·D
-    (flops_6ND)."""
+    """Gadre et al. over-training runs in the paper's own units: params = n_total = params_N, the total
+    parameter count the authors fit their laws in and form C = 6·N·D with (gadre2024_overtraining/SOURCE.md),
+    so compute = flops_6ND = 6·params·tokens holds row by row."""
     d = pd.read_csv((root or anchors_dir()) / "gadre2024_overtraining" / "runs_flat.csv")
     if dataset is not None:
         d = d[d["dataset_name"] == dataset]
@@ -79,7 +80,7 @@ def load_gadre(
             "run_id": d["name"],
             "sweep": d["dataset_name"],
             "family": "dense",
-            "params": d["params_no_embed"].astype(float),
+            "params": d["params_N"].astype(float),
             "n_total": d["params_N"].astype(float),
             "tokens": d["tokens_D"].astype(float),
             "compute": d["flops_6ND"].astype(float),

@@ -1,9 +1,9 @@
 """Figures of fitted laws (matplotlib, Agg backend; each figure as PNG and SVG).
 
-IsoFLOP profiles with their parabolas and optima, the loss frontier and L(N, D) with their 95 % prediction
-intervals and extrapolation, the rollout errors of the candidate loss-law forms,
-lr and batch laws over all runs with the near-optimal band highlighted, EL against A and G, and backtest
-errors.
+IsoFLOP profiles with their Akima curves and per-budget optima (95 % bootstrap interval); the optimum laws,
+the loss frontier and L(N, D), each with its 95 % prediction interval and extrapolation; the rollout errors of
+the candidate loss-law forms; lr and batch laws over all runs with the near-optimal band highlighted; EL
+against A and G; and backtest errors.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import pandas as pd  # noqa: E402
 
 from windtunnel.laws.base import budget_labels  # noqa: E402
 from windtunnel.laws.hparam import band_mask  # noqa: E402
-from windtunnel.laws.isoflop import _padded, fit_parabolas, lower_envelope  # noqa: E402
+from windtunnel.laws.isoflop import lower_envelope  # noqa: E402
 from windtunnel.laws.lawset import LAW_COLUMNS, LawSet  # noqa: E402
 from windtunnel.laws.leverage import leverage_value  # noqa: E402
+from windtunnel.laws.profile import profile_curves  # noqa: E402
 from windtunnel.runtable import usable_runs, validate_run_table  # noqa: E402
 
 
@@ -41,41 +42,64 @@ def _subset(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     return usable_runs(runs.reset_index(drop=True), cols).runs
 
 
+def _draw_profiles(ax, env: pd.DataFrame, column: str, optima: list[dict]) -> None:
+    """IsoFLOP points per budget, the Akima interpolant each optimum is taken from
+    (``profile.profile_curves``), and each budget's optimum with its 95 % bootstrap interval (red: an edge
+    optimum, left out of the exponent fit)."""
+    labels, centers = budget_labels(env["compute"].to_numpy(float))
+    curves = profile_curves(env, column)
+    cmap = plt.get_cmap("viridis")
+    x_N, L_N = env[column].to_numpy(float), env["loss"].to_numpy(float)
+    for k, C in enumerate(centers):
+        col = cmap(k / max(len(centers) - 1, 1))
+        ax.scatter(x_N[labels == k], L_N[labels == k], color=col, s=14, label=f"C={C:.2g}")
+        X_G, L_G = curves[k]
+        if X_G.size:
+            ax.plot(X_G, L_G, color=col, lw=1)
+        o = next((o for o in optima if np.isclose(np.log(o["compute"]), np.log(C), atol=0.12)), None)
+        if o is None or o["opt"] is None or not np.isfinite(o["opt"]) or not X_G.size:
+            continue
+        L_opt = float(np.interp(np.log(o["opt"]), np.log(X_G), L_G))
+        lo, hi = (v if v is not None and np.isfinite(v) else o["opt"] for v in o["ci95"])
+        ax.errorbar(
+            o["opt"],
+            L_opt,
+            xerr=[[max(o["opt"] - lo, 0.0)], [max(hi - o["opt"], 0.0)]],
+            fmt="D",
+            ms=5,
+            color="red" if o["edge"] else "k",
+            capsize=2,
+            zorder=4,
+        )
+
+
 def plot_isoflop(runs: pd.DataFrame, lawset: LawSet, name: str, outdir: Path) -> list[Path]:
+    """Left: IsoFLOP profiles with their Akima curves and per-budget optima (95 % bootstrap interval).
+    Right: the optima against C with the fitted law and its 95 % prediction interval, extrapolated."""
     law = lawset.laws[name]
     column = law.notes.get("size_column", "params")
     env = lower_envelope(_subset(runs, name), column)
-    labels, centers = budget_labels(env["compute"].to_numpy(float))
-    idx, u, logL, centre = _padded(env, column, labels, len(centers))
-    W = np.where(idx >= 0, 1.0, 0.0)[None]
-    c = fit_parabolas(u, logL, W)[0]
+    optima = law.notes.get("optima", [])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    cmap = plt.get_cmap("viridis")
-    for k, C in enumerate(centers):
-        col = cmap(k / max(len(centers) - 1, 1))
-        members = idx[k][idx[k] >= 0]
-        x = env[column].to_numpy(float)[members]
-        ax.scatter(x, env["loss"].to_numpy(float)[members], color=col, s=14, label=f"C={C:.2g}")
-        if np.isfinite(c[k]).all():
-            uu = np.linspace(u[k, : len(members)].min(), u[k, : len(members)].max(), 60)
-            ax.plot(np.exp(uu + centre[k]), np.exp(c[k, 0] + c[k, 1] * uu + c[k, 2] * uu**2), color=col, lw=1)
-    for o in law.notes.get("optima", []):
-        if np.isfinite(o["opt"] if o["opt"] is not None else np.nan):
-            ax.axvline(o["opt"], color="red" if o["edge"] else "grey", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel=column, ylabel="loss", title=f"IsoFLOP profiles ({name})")
+    _draw_profiles(ax, env, column, optima)
+    ax.set(xscale="log", xlabel=column, ylabel="loss", title=f"IsoFLOP profiles, Akima optima ({name})")
     ax.legend(fontsize=6)
-    opts = [o for o in law.notes.get("optima", []) if o["opt"] is not None and np.isfinite(o["opt"])]
+    opts = [o for o in optima if o["opt"] is not None and np.isfinite(o["opt"])]
     Cs = np.array([o["compute"] for o in opts])
     ys = np.array([o["opt"] for o in opts])
     err = np.array(
         [[o["opt"] - (o["ci95"][0] or o["opt"]), (o["ci95"][1] or o["opt"]) - o["opt"]] for o in opts]
     ).T
-    ax2.errorbar(Cs, ys, yerr=np.nan_to_num(np.abs(err)), fmt="o", ms=4, label="per-budget optimum (95%)")
+    fit_K = np.array([bool(o["in_fit"]) for o in opts])
+    for mask, label, colour in ((fit_K, "optimum in fit (95%)", "C0"), (~fit_K, "left out (edge)", "red")):
+        if mask.any():
+            e = np.nan_to_num(np.abs(err[:, mask]))
+            ax2.errorbar(Cs[mask], ys[mask], yerr=e, fmt="o", ms=4, color=colour, label=label)
     grid = np.logspace(np.log10(Cs.min()), np.log10(Cs.max()) + 2, 80)
     v, lo, hi = lawset.predict(name, grid)
     a, b = law.coefficients["a"], law.coefficients["b"]
-    ax2.plot(grid, v, label=f"{a:.3g}·C^{b:.3f}")
-    ax2.fill_between(grid, lo, hi, alpha=0.25)
+    ax2.plot(grid, v, color="C1", label=f"{a:.3g}·C^{b:.3f}")
+    ax2.fill_between(grid, lo, hi, color="C1", alpha=0.25, label="95 % prediction interval")
     ax2.set(xscale="log", yscale="log", xlabel="compute C", ylabel=f"optimal {column}", title=name)
     ax2.legend(fontsize=7)
     return _save(fig, outdir, f"isoflop_{name}")
@@ -115,7 +139,7 @@ def plot_hparam(runs: pd.DataFrame, lawset: LawSet, name: str, outdir: Path) -> 
     grid = np.logspace(np.log10(sub["compute"].min()), np.log10(sub["compute"].max()) + 2, 80)
     v, lo, hi = lawset.predict(name, grid)
     ax.plot(grid, v, color="C1", label=f"{law.coefficients['a']:.3g}·C^{law.coefficients['b']:.4f}")
-    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25)
+    ax.fill_between(grid, lo, hi, color="C1", alpha=0.25, label="95 % prediction interval")
     ax.set(xscale="log", yscale="log", xlabel="compute C", ylabel=column, title=name)
     ax.legend(fontsize=7)
     return _save(fig, outdir, name)

@@ -9,6 +9,9 @@ recomputed inside every resample.
 
 Backtest: fit on budgets below the cut, compare the prediction at each held-out budget with the observed
 optimum there (geometric mean of the band's values).
+
+95 % prediction interval (``pi95``, ``intervals.optimum_pi95``): the bootstrap widened by the scatter of the
+per-budget observed optima around the law (2 fitted coefficients) and the backtest's log error.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from windtunnel.laws.base import (
     percentile_ci,
     relative_errors,
 )
+from windtunnel.laws.intervals import log_errors, optimum_pi95
 from windtunnel.laws.powerlaw import fit_powerlaw_batched
 from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
 
@@ -93,6 +97,9 @@ def fit_hparam_law(
     )
     if backtest:
         law.backtest = backtest_hparam(runs, name, column, band)
+    c_obs, y_obs = observed_optima(runs, column, band)
+    fit_res = np.log(y_obs) - np.log(law.coefficients["a"] * c_obs ** law.coefficients["b"])
+    law.extra["pi95"] = optimum_pi95(fit_res, 2, law.backtest)
     return law
 
 
@@ -109,7 +116,7 @@ def backtest_hparam(runs: pd.DataFrame, name: str, column: str, band: float) -> 
         return {"skipped": str(err)}
     c_obs, y_obs = observed_optima(high, column, band)
     pred = law.coefficients["a"] * c_obs ** law.coefficients["b"]
-    return {"cut_compute": float(cut), **relative_errors(pred, y_obs)}
+    return {"cut_compute": float(cut), **relative_errors(pred, y_obs), "log_errors": log_errors(pred, y_obs)}
 
 
 def fit_steplaw(runs: pd.DataFrame, band: float = NEAR_OPTIMAL_BAND) -> dict[str, float]:

@@ -15,6 +15,12 @@ quadrature on each side (a normal approximation, as in regression prediction int
     log lo = log v − sqrt((log v − log lo_b)² + (z·sigma)²),
 
 with z = 1.96. The law entry's ``pi95`` records the method and sigma so readers can re-form the interval.
+
+Optimum laws (IsoFLOP ``params_opt``/``m_opt``/``d_opt``, ``lr_opt``/``batch_opt``, ``steplaw_*``) use
+the same interval in log X* units (``optimum_pi95``). There sigma_res is the scatter of the per-budget (or
+per-cell) observed optima around the law with the fit's degrees of freedom taken out,
+sigma_res² = Σ r² / (K − p) (the unbiased residual variance of least squares, Seber & Lee 2003, §3.3), and
+sigma_roll is the RMS log error of the law's own backtest (fitted without the top budget, predicting it).
 """
 
 from __future__ import annotations
@@ -26,17 +32,33 @@ import numpy as np
 Z95 = 1.959964
 
 
-def residual_scale(log_residuals: np.ndarray) -> float:
-    """RMS of the finite log residuals (0 if none)."""
+def residual_scale(log_residuals: np.ndarray, n_params: int = 0) -> float:
+    """sqrt(Σ r² / (n − n_params)) over the finite log residuals (0 if n ≤ n_params)."""
     r = np.asarray(log_residuals, dtype=float)
     r = r[np.isfinite(r)]
-    return float(np.sqrt(np.mean(r * r))) if r.size else 0.0
+    dof = r.size - n_params
+    return float(np.sqrt(np.sum(r * r) / dof)) if dof > 0 else 0.0
 
 
-def pi95_record(sigma_res: float, sigma_roll: float) -> dict[str, Any]:
-    """The laws.json ``pi95`` entry of a loss law."""
+def log_errors(pred: np.ndarray, obs: np.ndarray) -> list[float]:
+    """log(pred / obs) per finite pair: the rollout residuals a backtest reports for its ``pi95``."""
+    with np.errstate(all="ignore"):
+        r = np.log(np.asarray(pred, dtype=float) / np.asarray(obs, dtype=float))
+    return [float(v) for v in np.atleast_1d(r) if np.isfinite(v)]
+
+
+def optimum_pi95(fit_log_residuals: np.ndarray, n_params: int, backtest: dict[str, Any]) -> dict[str, Any]:
+    """``pi95`` of an optimum law: sigma_res from the fitted optima's log residuals (dof-corrected),
+    sigma_roll from the backtest's ``log_errors`` (0 when the backtest was skipped)."""
+    sigma_res = residual_scale(fit_log_residuals, n_params)
+    sigma_roll = residual_scale(np.asarray(backtest.get("log_errors", []), dtype=float))
+    return pi95_record(sigma_res, sigma_roll, quantity="optimum")
+
+
+def pi95_record(sigma_res: float, sigma_roll: float, quantity: str = "loss") -> dict[str, Any]:
+    """The laws.json ``pi95`` entry of a law predicting ``quantity`` (sigmas in log ``quantity``)."""
     return {
-        "method": "parameter bootstrap percentiles widened in quadrature by z*sigma in log loss, "
+        "method": f"parameter bootstrap percentiles widened in quadrature by z*sigma in log {quantity}, "
         "sigma^2 = sigma_res^2 + sigma_roll^2",
         "z": Z95,
         "sigma_res": float(sigma_res),

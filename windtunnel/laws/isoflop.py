@@ -11,9 +11,11 @@ least-squares fit in log space over the remaining budgets,
 
 with s_k the bootstrap standard deviation of log X*_k (Porian et al.'s "weighted" fit; equal weights without a
 bootstrap). Every noise draw is refitted with the same weights; the ci95 of (a, b) are the draws' 2.5/97.5
-percentiles. Used by Ling "Towards Greater Leverage" (arXiv 2507.17702, Sec. 3: M_opt = 0.1915·C^0.5095).
+percentiles. The 95 % prediction interval of X*(C) (``pi95``, ``intervals.optimum_pi95``) widens that
+bootstrap by the scatter of the in-fit optima around the law and the backtest's log error. Used by Ling
+"Towards Greater Leverage" (arXiv 2507.17702, Sec. 3: M_opt = 0.1915·C^0.5095).
 
-``fit_parabolas`` and ``_padded`` draw the per-budget parabolas of the figures.
+``fit_parabolas`` gives robust per-budget parabolas (a local curvature summary for the dashboards).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from windtunnel.laws.base import Law, LawError, budget_labels, percentile_ci, relative_errors
+from windtunnel.laws.intervals import log_errors, optimum_pi95
 from windtunnel.laws.optim import batched_lbfgs, huber
 from windtunnel.laws.profile import Optima, isoflop_optima
 from windtunnel.laws.registry import FitOptions, LawSpec, power_value, register
@@ -63,21 +66,6 @@ def fit_parabolas(u_KJ: np.ndarray, logL_KJ: np.ndarray, W_RKJ: np.ndarray) -> n
 
         c[rows], _, _ = batched_lbfgs(fg, c0, max_iter=200, gtol=1e-12)
     return c.reshape(R, K, 3)
-
-
-def _padded(runs: pd.DataFrame, column: str, labels: np.ndarray, K: int):
-    """Per-budget padded arrays: index_KJ (−1 = pad), u_KJ (centred log size), logL_KJ, centre_K."""
-    groups = [np.flatnonzero(labels == k) for k in range(K)]
-    J = max(len(g) for g in groups)
-    idx = -np.ones((K, J), dtype=int)
-    for k, g in enumerate(groups):
-        idx[k, : len(g)] = g
-    logx = np.log(runs[column].to_numpy(float))
-    centre = np.array([logx[g].mean() for g in groups])
-    safe = np.where(idx >= 0, idx, 0)
-    u = np.where(idx >= 0, logx[safe] - centre[:, None], 0.0)
-    logL = np.where(idx >= 0, np.log(runs["loss"].to_numpy(float))[safe], 0.0)
-    return idx, u, logL, centre
 
 
 def lower_envelope(runs: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -187,6 +175,9 @@ def fit_isoflop_law(
     )
     if backtest:
         law.backtest = backtest_isoflop(runs, name, column)
+    C_in = opt.centers_K[use_K]
+    fit_res = np.log(opt.xstar_RK[0, use_K]) - np.log(law.coefficients["a"] * C_in ** law.coefficients["b"])
+    law.extra["pi95"] = optimum_pi95(fit_res, 2, law.backtest)
     return law
 
 
@@ -208,7 +199,11 @@ def backtest_isoflop(runs: pd.DataFrame, name: str, column: str) -> dict:
     except LawError as err:
         return {"skipped": str(err)}
     pred = law.coefficients["a"] * top.centers_K ** law.coefficients["b"]
-    return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, top.xstar_RK[0])}
+    return {
+        "cut_compute": float(centers[-1] / 10**0.05),
+        **relative_errors(pred, top.xstar_RK[0]),
+        "log_errors": log_errors(pred, top.xstar_RK[0]),
+    }
 
 
 def _isoflop_spec(name: str, column: str, subset: str, rank: int) -> LawSpec:

@@ -2,8 +2,9 @@
 
 Prediction intervals: for a law with bootstrap draws of its coefficients, ``predict`` evaluates the law at x
 for every draw and returns the 2.5/97.5 percentiles (the 95 % interval of the fitted law's value at x —
-the spread of the law, not of a single run's noise). Laws without draws (the built-in ``ling`` set) return
-lo = hi = value.
+the spread of the law). A law with a ``pi95`` record (every fitted loss and optimum law) widens it to a
+95 % prediction interval by its residual and rollout scale (``windtunnel.laws.intervals``). Laws without
+draws or ``pi95`` (the built-in ``ling`` set) return lo = hi = value.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ once). The point estimate is the full-data fit (the authors report the mean of t
 
 Backtest: fit on all cells but those of the largest compute budget (C = the runs' ``compute``), predict the
 optimum of each held-out cell and compare with its observed optimum (geometric mean of the band's values).
+
+95 % prediction interval (``pi95``, ``intervals.optimum_pi95``): the bootstrap widened by the scatter of the
+cells' observed optima around the law (3 or 2 fitted coefficients) and the backtest's log error.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from windtunnel.laws.base import (
     relative_errors,
 )
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND, band_mask
+from windtunnel.laws.intervals import log_errors, optimum_pi95
 from windtunnel.laws.registry import FitOptions, LawSpec, register
 
 STEPLAW_LAWS = ("steplaw_lr", "steplaw_batch")
@@ -179,6 +183,9 @@ def fit_steplaw_law(
         law.samples = {k: v.tolist() for k, v in draws.items()}
     if backtest:
         law.backtest = backtest_steplaw(sub, lab, cells, name, column, band)
+    obs = cell_optima(sub, lab, column, band)
+    pred = steplaw_value(name, law.coefficients, cells["params"].to_numpy(), cells["tokens"].to_numpy())
+    law.extra["pi95"] = optimum_pi95(np.log(obs / pred), len(keys), law.backtest)
     return law
 
 
@@ -209,7 +216,11 @@ def backtest_steplaw(
     pred = steplaw_value(
         name, law.coefficients, cells["params"].to_numpy()[top], cells["tokens"].to_numpy()[top]
     )
-    return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, obs)}
+    return {
+        "cut_compute": float(centers[-1] / 10**0.05),
+        **relative_errors(pred, obs),
+        "log_errors": log_errors(pred, obs),
+    }
 
 
 def _steplaw_spec(name: str, rank: int) -> LawSpec:
