@@ -4,7 +4,7 @@
         [--out P.json] [--json] [--record-to URI --experiment NAME --key KEY]
 
 Prints the predicted loss, its 95 % interval and the law it came from (and what the set's other loss law
-would say); ``--out`` writes the DESIGN.md prediction JSON; ``--record-to`` records it in an MLflow store
+would say); ``--out`` writes the prediction JSON; ``--record-to`` records it in an MLflow store
 before the run starts, where it can never be overwritten.
 """
 

@@ -7,7 +7,8 @@ Layout in the store (experiment = sweep name):
   failed), ``family, study, kind, manifest_hash, trainer_results_version`` (search trials: ``search_group,
   group_key``); params = the full RunConfig flattened (``optim.lr`` ...); per-step metrics (``loss``,
   ``val_loss``, ``lr``, ...) logged in batches with ``MlflowClient.log_batch`` (<= 1,000 metrics a call);
-  the DESIGN.md run-table row as ``rt.*`` metrics (``rt.params, rt.n_total, ..., rt.loss``).
+  the run-table row (docs/DESIGN.md "Contracts") as ``rt.*`` metrics (``rt.params, rt.n_total, ...,
+  rt.loss``).
 
 Trials write to the store directly from their Ray workers (a ``sqlite:///`` file or a tracking server,
 docs/TRACKING.md). Transient store errors are retried by ``with_retry`` (bounded exponential back-off with
@@ -431,7 +432,7 @@ class TrialLogger:
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
-    """Rebuild the DESIGN.md run table (one row per trial run) from an MLflow experiment.
+    """Rebuild the run table (docs/DESIGN.md "Contracts"; one row per trial run) from an MLflow experiment.
 
     Columns: the run table (``windtunnel.runtable.RUN_TABLE_COLUMNS``) from the ``rt.*`` metrics and the
     ``sweep``/``family``/``status`` tags, plus ``act_ratio, granularity`` (MoE), ``study``, ``config_hash``,

@@ -25,7 +25,10 @@ DIVERGED_PENALTY = 1.0e3  # val_loss reported to the searcher for diverged runs 
 
 
 def run_table_row(cfg: RunConfig, tokens: float, loss: float) -> dict[str, float]:
-    """DESIGN.md run-table row: params = non-embedding active, m = FLOPs/token, compute = m*tokens."""
+    """Run-table row (docs/DESIGN.md "Contracts").
+
+    params = non-embedding active, m = FLOPs/token, compute = m*tokens.
+    """
     from trainer.flops import activation_ratio, count_params, flops_per_token, granularity
 
     counts = count_params(cfg.model)

@@ -2,7 +2,8 @@
 
 A hand-edited file is the usual source of a bad law set; the error names the law and the key
 (``law 'lr_opt': coefficient 'b' is missing``) so one line says what to fix. Only the laws the recommender
-reads are checked (DESIGN.md "Law file" names and coefficient keys); other laws pass through untouched.
+reads are checked (docs/DESIGN.md "Contracts", law file names and coefficient keys); other laws pass through
+untouched.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """From a law set and a target to one RunConfig plus a summary: the recommender's core.
 
-Laws used (DESIGN.md "Law file"; Ling, "Towards Greater Leverage", arXiv 2507.17702):
+Laws used (docs/DESIGN.md "Contracts", law file; Ling, "Towards Greater Leverage", arXiv 2507.17702):
 - allocation ``m_opt``: M_opt(C) = a·C^b (M = non-embedding training FLOPs per token, C = M·D, Sec. 5).
   Fallbacks: ``d_opt`` (M_opt = C / D_opt(C)) or ``params_opt`` (match non-embedding active params).
 - hyper-parameters ``lr_opt``: η_opt(C) = a·C^b and ``batch_opt``: B_opt(C) = a·C^b tokens (Sec. 4).
