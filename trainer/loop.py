@@ -62,6 +62,7 @@ from trainer.config import RunConfig
 from trainer.data import TokenData, prepare_data
 from trainer.distributed import init_parallel
 from trainer.flops import count_params, flops_per_token
+from trainer.fp8 import fp8_safeguard_stats, set_fp8_monitor
 from trainer.hardware import mfu, mfu_flops_per_token, resolve_peak_tflops
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
@@ -190,20 +191,8 @@ def evaluate(
     return total / max(len(batches), 1)
 
 
-def _set_fp8_monitor(model: nn.Module, enabled: bool) -> None:
-    try:
-        from trainer.fp8 import set_fp8_monitor
-    except ImportError:
-        return
-    set_fp8_monitor(model, enabled)
-
-
 def _fp8_stats(model: nn.Module, run_cfg: RunConfig) -> dict[str, float]:
-    """``trainer.fp8.fp8_safeguard_stats`` of the last sampled step (empty if trainer.fp8 lacks it)."""
-    try:
-        from trainer.fp8 import fp8_safeguard_stats
-    except ImportError:
-        return {}
+    """``trainer.fp8.fp8_safeguard_stats`` of the last sampled step."""
     prec = run_cfg.precision
     stats = fp8_safeguard_stats(model, underflow_alert=prec.underflow_alert, cosine_alert=prec.cosine_alert)
     return {k: float(v) for k, v in stats.items()}
@@ -316,7 +305,7 @@ def train(
             mon = cfg.precision.monitor_interval
             monitor = cfg.precision.dtype == "fp8" and mon > 0 and (step + 1) % mon == 0
             if monitor:  # FP8 safeguard sampling on this step's forward/backward only
-                _set_fp8_monitor(model, True)
+                set_fp8_monitor(model, True)
             lm_sum, loss_sum, out_metrics = 0.0, 0.0, {}
             for i in range(n_micro):
                 sl = slice(i * micro, (i + 1) * micro)
@@ -362,7 +351,7 @@ def train(
                 if is_moe:
                     metrics.update(model.moe_balance())
             if monitor:
-                _set_fp8_monitor(model, False)
+                set_fp8_monitor(model, False)
                 metrics.update(_fp8_stats(model, cfg))
             if diverged:
                 result.status = "diverged"

@@ -119,10 +119,8 @@ def _law_coeffs(lawset: Any, name: str, where: str) -> tuple[float, float]:
 
 
 def _load_lawset(ref: str, where: str) -> Any:
-    try:
-        from windtunnel.laws import load_laws
-    except ImportError as err:
-        raise SpecError(f"{where}: the law engine is not available ({err})") from None
+    from windtunnel.laws import load_laws
+
     try:
         return load_laws(ref)
     except Exception as err:  # noqa: BLE001 - any load problem is the user's input

@@ -92,11 +92,8 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
             f"{n_finished} finished runs < min_runs_to_fit ({spec.min_runs_to_fit}): laws not fitted"
         )
         return
-    try:
-        from windtunnel.laws import fit_laws
-    except ImportError as err:
-        summary.append(f"law engine not available ({err}): laws not fitted")
-        return
+    from windtunnel.laws import fit_laws
+
     laws_path = sweep_dir / "laws.json"
     try:
         lawset = fit_laws(df, laws=spec.fit.laws, bootstrap=spec.fit.bootstrap, seed=0)
@@ -109,20 +106,17 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     outcome.laws_path = laws_path
     summary.extend(law_lines(lawset))
     summary.extend(warnings_lines)
+    from windtunnel.laws.figures import plot_laws
+
+    fig_dir = sweep_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
     try:
-        from windtunnel.laws.figures import plot_laws
-    except ImportError:
-        summary.append("figures: windtunnel.laws.figures not available")
-    else:
-        fig_dir = sweep_dir / "figures"
-        fig_dir.mkdir(exist_ok=True)
-        try:
-            paths = plot_laws(df, lawset, fig_dir)
-        except Exception as err:  # noqa: BLE001
-            summary.append(f"figures failed: {type(err).__name__}: {err}")
-            paths = []
-        for p in paths:
-            log_artifact(client, parent_run_id, p, "figures")
+        paths = plot_laws(df, lawset, fig_dir)
+    except Exception as err:  # noqa: BLE001
+        summary.append(f"figures failed: {type(err).__name__}: {err}")
+        paths = []
+    for p in paths:
+        log_artifact(client, parent_run_id, p, "figures")
         summary.append(f"figures: {len(paths)} files in {fig_dir}")
     limit = getattr(getattr(spec, "fit", None), "max_extrapolation_decades", MAX_EXTRAPOLATION_DECADES)
     summary.append(_recommendation(lawset, sweep_dir, limit))
