@@ -13,6 +13,8 @@ import importlib.metadata
 import sys
 from typing import NoReturn
 
+from windtunnel.errors import UserError
+
 DESCRIPTION = (
     "A scaling-law wind tunnel for LLM pre-training: run sweeps of small dense and MoE models on Ray "
     "(logged to MLflow), fit Ling-style scaling laws with uncertainty, and recommend a compute-optimal "
@@ -53,10 +55,6 @@ def fill_help(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.help is None and action.option_strings:
             action.help = next((SHARED_HELP[f] for f in action.option_strings if f in SHARED_HELP), None)
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, no traceback, exit code 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError
 
 
 def _count(text: str) -> float:

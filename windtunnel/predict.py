@@ -30,16 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from windtunnel.errors import PredictionError, PredictionLocked
+
 LOSS_LAWS = ("parametric", "frontier")
 PREDICTION_ROLE = "prediction"
-
-
-class PredictionError(ValueError):
-    """The law set cannot give this prediction (a law is missing, or the input is outside its domain)."""
-
-
-class PredictionLocked(PredictionError):
-    """A different prediction is already recorded under this key: predictions are never overwritten."""
 
 
 @dataclass

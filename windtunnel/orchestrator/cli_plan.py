@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from windtunnel.cli import UserError
+from windtunnel.errors import SpecError, UserError
 from windtunnel.orchestrator.plan import Budget, SweepEstimate, estimate, over_budget, parse_budget
-from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec, load_and_expand
+from windtunnel.orchestrator.spec import Plan, SweepSpec, load_and_expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 from trainer.config import RunConfig
 from trainer.hardware import PEAKS, env_peak_tflops, mfu_dtype, mfu_flops_per_token
+from windtunnel.errors import SpecError
 from windtunnel.orchestrator.expand import trial_flops
 from windtunnel.orchestrator.probe import PROBE_STEPS, ProbeCache, ProbeResult, run_probe, shape_key
 from windtunnel.orchestrator.progress import format_seconds
-from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec
+from windtunnel.orchestrator.spec import Plan, SweepSpec
 
 TRIAL_OVERHEAD_S = 0.4  # orchestrator cost per trial (40 short trials, ~0.4 s each, 2026-12-06)
 # ray.init 4-5 s + importing torch, ray.tune, mlflow ~9 s (docs/DESIGN.md "Platform") + the final fit

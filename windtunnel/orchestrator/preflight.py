@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 from trainer.config import RunConfig
+from windtunnel.errors import SpecError
 from windtunnel.orchestrator.identity import data_key
-from windtunnel.orchestrator.spec import SpecError, SweepSpec
+from windtunnel.orchestrator.spec import SweepSpec
 
 
 def _os_problem(err: OSError) -> str:

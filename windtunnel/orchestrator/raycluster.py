@@ -9,7 +9,8 @@ import logging
 import os
 from typing import Any
 
-from windtunnel.orchestrator.spec import SpecError, SweepSpec
+from windtunnel.errors import SpecError
+from windtunnel.orchestrator.spec import SweepSpec
 
 # Tune's environment for a quiet, Ctrl-C-friendly sweep; under Ray Client (ray://) the Tuner runs in a remote
 # task, so the same variables travel to the cluster in the job's runtime_env

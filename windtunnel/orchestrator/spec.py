@@ -27,11 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.config import DataConfig, RunConfig
+from windtunnel.errors import SpecError
 from windtunnel.orchestrator.spec_target import TargetSpec
-
-
-class SpecError(ValueError):
-    """A sweep spec that failed validation; the message is one line: ``field.path: problem``."""
 
 
 class _Strict(BaseModel):

@@ -32,12 +32,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from windtunnel.errors import ArtifactStoreError, TrackingUnavailable  # noqa: F401 - re-exported
 from windtunnel.orchestrator.tracking_retry import (  # noqa: F401 - re-exported
     DEFAULT_DEADLINE_S,
     HTTP_DEFAULTS,
     RETRY_STATS,
-    ArtifactStoreError,
-    TrackingUnavailable,
     backoff_s,
     configure_http_retries,
     deadline_s,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 
-from windtunnel.cli import UserError
+from windtunnel.errors import ArtifactStoreError
 
 T = TypeVar("T")
 
@@ -65,10 +65,6 @@ _UNREACHABLE = (
     "the database system is starting up",
     "the database system is shutting down",
 )
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store stayed unreachable (or locked) past the deadline, or the metric buffer filled up."""
 
 
 def configure_http_retries() -> None:
@@ -145,13 +141,6 @@ def with_retry(
 
 
 RETRY_STATS: dict[str, int] = {}  # transient errors retried in this process, by kind (for tests/benchmarks)
-
-
-class ArtifactStoreError(UserError):
-    """An artifact could not be stored; the message is one line naming the file, the destination and why.
-
-    A ``windtunnel.cli.UserError``: the CLI prints it as one line (exit 2) instead of a traceback.
-    """
 
 
 def log_artifact(

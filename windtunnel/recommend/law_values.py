@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from windtunnel.errors import RecommendError
 from windtunnel.recommend.search import Candidate
-from windtunnel.recommend.targets import RecommendError
 
 
 class LawSetLike(Protocol):

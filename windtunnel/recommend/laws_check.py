@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from windtunnel.errors import RecommendError
 from windtunnel.laws import load_laws
 from windtunnel.laws.lawset import LawSet
-from windtunnel.recommend.targets import RecommendError
 
 _POWER = ("a", "b")
 REQUIRED_COEFFICIENTS: dict[str, tuple[str, ...]] = {

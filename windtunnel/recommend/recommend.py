@@ -32,6 +32,7 @@ from trainer.config import (
     RunConfig,
     ScheduleConfig,
 )
+from windtunnel.errors import RecommendError
 from windtunnel.recommend.feasibility import diagnose, layout_error
 from windtunnel.recommend.law_values import (
     LawSetLike,
@@ -51,7 +52,7 @@ from windtunnel.recommend.layout import (
 )
 from windtunnel.recommend.search import Candidate, enumerate_candidates, make_candidate
 from windtunnel.recommend.summary import summary_dict
-from windtunnel.recommend.targets import Constraints, RecommendError, Target
+from windtunnel.recommend.targets import Constraints, Target
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,6 @@ def parse_count(text: str | float | int) -> float:
     return value
 
 
-class RecommendError(ValueError):
-    """The laws or constraints do not allow a recommendation; the message names why and what would."""
-
-
 @dataclass(frozen=True)
 class Target:
     """Exactly one of: compute C (FLOPs, C = M·D); total parameters; a model (RunConfig YAML) + tokens."""
