@@ -43,3 +43,8 @@ class ArtifactStoreError(UserError):
 
 class SweepBusy(Exception):
     """Another driver holds the sweep's lock; the message is one line for the user."""
+
+
+def one_line(text: object) -> str:
+    """``text`` (an exception or a message) on one line: each run of whitespace becomes one space."""
+    return " ".join(str(text).split())

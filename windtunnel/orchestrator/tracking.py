@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from windtunnel.errors import ArtifactStoreError, TrackingUnavailable  # noqa: F401 - re-exported
+from windtunnel.errors import ArtifactStoreError, TrackingUnavailable, one_line  # noqa: F401 - re-exported
 from windtunnel.orchestrator.tracking_retry import (  # noqa: F401 - re-exported
     DEFAULT_DEADLINE_S,
     HTTP_DEFAULTS,
@@ -81,17 +81,6 @@ def open_client(tracking_uri: str) -> MlflowClient:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return client
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -230,7 +219,7 @@ class TrialLogger:
             self.unavailable = True
             raise TrackingUnavailable(
                 f"tracking store {self.client.tracking_uri} unavailable for {self.deadline:.0f}s: "
-                + " ".join(str(err).split())[:300]
+                + one_line(err)[:300]
             ) from err
 
     def _find_run(self) -> Any | None:
@@ -338,7 +327,7 @@ class TrialLogger:
                         raise TrackingUnavailable(
                             f"tracking store {self.client.tracking_uri} unavailable for "
                             f"{time.monotonic() - self.outage_since:.0f}s (deadline {self.deadline:.0f}s), "
-                            f"{len(self.buffer)} metrics buffered: " + " ".join(str(err).split())[:300]
+                            f"{len(self.buffer)} metrics buffered: " + one_line(err)[:300]
                         ) from err
                 else:
                     try:

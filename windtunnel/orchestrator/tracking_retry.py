@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 
-from windtunnel.errors import ArtifactStoreError
+from windtunnel.errors import ArtifactStoreError, one_line
 
 T = TypeVar("T")
 
@@ -166,7 +166,7 @@ def _artifact_error(
     except Exception:  # noqa: BLE001 - the store may be the problem
         root = f"run {run_id}"
     dest = f"{root.rstrip('/')}/{artifact_path + '/' if artifact_path else ''}{path.name}"
-    detail = " ".join(str(err).split())
+    detail = one_line(err)
     if isinstance(err, OSError) and err.errno is not None:  # a local (file://) artifact store
         cause = f"{os.strerror(err.errno)} ({getattr(err, 'filename', None) or dest})"
     elif "too many 500 error responses" in detail or " 500 " in detail:

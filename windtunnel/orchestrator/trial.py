@@ -21,7 +21,8 @@ from typing import Any
 
 from trainer.config import RunConfig
 
-DIVERGED_PENALTY = 1.0e3  # val_loss reported to the searcher for diverged runs (TPE only uses ranks)
+# val_loss reported to the searcher for diverged runs, and their reward on resume (TPE only uses ranks)
+DIVERGED_PENALTY = 1.0e3
 
 
 def run_table_row(cfg: RunConfig, tokens: float, loss: float) -> dict[str, float]:
@@ -93,7 +94,8 @@ def execute_trial(
     retries it); a diverged run is recorded with status ``diverged`` and returns normally (not retried).
     """
     from trainer.loop import train
-    from windtunnel.orchestrator.tracking import TrialLogger, flatten, with_retry
+    from windtunnel.flatten import flatten
+    from windtunnel.orchestrator.tracking import RT_PREFIX, TrialLogger, with_retry
 
     tags = trial_tags(cfg, meta, ctx)
     h = tags["trial_key"]
@@ -111,7 +113,7 @@ def execute_trial(
     if logger.existing_status in ("finished", "diverged", "pruned"):
         # a searcher proposed a point that is already done: report its stored outcome, do not re-run
         stored = logger.existing_metrics.get(
-            "rt.loss", logger.existing_metrics.get("val_loss", DIVERGED_PENALTY)
+            RT_PREFIX + "loss", logger.existing_metrics.get("val_loss", DIVERGED_PENALTY)
         )
         if tune_report is not None:
             tune_report({"val_loss": float(stored), "progress": 1.0, "diverged": 0.0, "reused": 1.0})

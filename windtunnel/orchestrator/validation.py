@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, RunConfig
-from windtunnel.errors import SpecError
+from windtunnel.errors import SpecError, one_line
 from windtunnel.orchestrator.spec import LadderRule, SweepSpec
 from windtunnel.orchestrator.spec_target import TARGET_STUDY, TargetShape
 
@@ -66,7 +66,7 @@ def check_target(spec: SweepSpec) -> None:
     try:
         _base(spec).with_overrides({f"model.{k}": v for k, v in t.model.items()})
     except ConfigError as err:
-        raise SpecError(" ".join(f"target.model: {err}".split())) from None
+        raise SpecError(one_line(f"target.model: {err}")) from None
 
 
 def ladder_max_budget(spec: SweepSpec) -> float:

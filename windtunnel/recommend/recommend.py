@@ -32,7 +32,7 @@ from trainer.config import (
     RunConfig,
     ScheduleConfig,
 )
-from windtunnel.errors import RecommendError
+from windtunnel.errors import RecommendError, one_line
 from windtunnel.recommend.feasibility import diagnose, layout_error
 from windtunnel.recommend.law_values import (
     LawSetLike,
@@ -235,7 +235,7 @@ def _base_config(target: Target) -> RunConfig | None:
     try:
         return RunConfig.from_yaml(target.model_path)
     except (OSError, ValueError) as err:
-        raise RecommendError(f"--model {target.model_path}: {' '.join(str(err).split())}") from None
+        raise RecommendError(f"--model {target.model_path}: {one_line(err)}") from None
 
 
 def _options(
@@ -303,7 +303,7 @@ def _draft(lawset: LawSetLike, opt: Option, target: Target, c: Constraints, base
             )
     except ValueError as err:
         raise RecommendError(
-            f"the laws give an unusable config at C = {opt.compute:.3g}: {_one_line(err)}"
+            f"the laws give an unusable config at C = {opt.compute:.3g}: {one_line(err)}"
         ) from None
     return tokens, lr, bt, draft
 
@@ -405,7 +405,3 @@ def _name(target: Target, compute: float) -> str:
     if target.kind == "model" and target.model_path is not None:
         return f"{target.model_path.stem}-D{target.tokens:.2g}".replace("+", "")
     return f"recommend-C{compute:.2e}".replace("+", "")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
