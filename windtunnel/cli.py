@@ -80,7 +80,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=help_text.replace("%", "%%"),  # argparse %-formats help strings ("95% interval")
             description=help_text,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
