@@ -121,26 +121,7 @@ def execute_trial(
     # the process running this attempt (the fault-injection tests find the Ray worker to kill by it)
     with_retry(logger.client.set_tag, logger.run_id, "pid", str(os.getpid()))
     record_node(logger.client, logger.run_id)  # which Ray node runs this attempt (retries append)
-    total_tokens = cfg.steps * cfg.batch_tokens
-    last_val: list[float | None] = [None]
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        logger.log(step, metrics)
-        if tune_report is not None:
-            out = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "val_loss"}
-            out.update(step=step, tokens_seen=float(metrics.get("tokens", step * cfg.batch_tokens)))
-            out["progress"] = out["tokens_seen"] / total_tokens
-            out["mlflow_run_id"] = logger.run_id  # type: ignore[assignment]
-            if "val_loss" in metrics:
-                last_val[0] = float(metrics["val_loss"])
-                # pruning decisions come on evaluations; a pruned trial's thread is not resumed, so the
-                # store must already hold its metrics when Tune decides
-                logger.flush()
-            # every result carries val_loss (OptunaSearch and ASHA read it): the latest evaluation, or the
-            # training loss before the first evaluation
-            out["val_loss"] = last_val[0] if last_val[0] is not None else float(metrics.get("loss", math.nan))
-            tune_report(out)
-
+    report = _reporter(logger, cfg, tune_report)
     t0 = time.perf_counter()
     try:
         result = train(cfg, report=report, workdir=workdir, resume=True)
@@ -152,7 +133,18 @@ def execute_trial(
     except BaseException as err:
         logger.finish("failed", tags={"reason": f"{type(err).__name__}: {err}"[:500]})
         raise
-    wall = time.perf_counter() - t0
+    return _record_outcome(cfg, result, logger, time.perf_counter() - t0, h, tune_report)
+
+
+def _record_outcome(
+    cfg: RunConfig,
+    result: Any,
+    logger: Any,
+    wall: float,
+    h: str,
+    tune_report: Callable[[dict[str, Any]], None] | None,
+) -> Any:
+    """Close the trial's run with the trainer's outcome (its run-table row when it has one) and tell Tune."""
     history = list(getattr(result, "history", []) or [])
     if history and logger.resumed:  # resumed after a crash: fill in steps lost with unflushed buffers
         logger.backfill(history)
@@ -182,6 +174,33 @@ def execute_trial(
     if tune_report is not None:
         tune_report({"val_loss": float(result.val_loss), "progress": 1.0, "diverged": 0.0})
     return result
+
+
+def _reporter(
+    logger: Any, cfg: RunConfig, tune_report: Callable[[dict[str, Any]], None] | None
+) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's report callback: log to the store; report to Tune, ``val_loss`` in every result."""
+    total_tokens = cfg.steps * cfg.batch_tokens
+    last_val: list[float | None] = [None]
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        logger.log(step, metrics)
+        if tune_report is not None:
+            out = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "val_loss"}
+            out.update(step=step, tokens_seen=float(metrics.get("tokens", step * cfg.batch_tokens)))
+            out["progress"] = out["tokens_seen"] / total_tokens
+            out["mlflow_run_id"] = logger.run_id  # type: ignore[assignment]
+            if "val_loss" in metrics:
+                last_val[0] = float(metrics["val_loss"])
+                # pruning decisions come on evaluations; a pruned trial's thread is not resumed, so the
+                # store must already hold its metrics when Tune decides
+                logger.flush()
+            # every result carries val_loss (OptunaSearch and ASHA read it): the latest evaluation, or the
+            # training loss before the first evaluation
+            out["val_loss"] = last_val[0] if last_val[0] is not None else float(metrics.get("loss", math.nan))
+            tune_report(out)
+
+    return report
 
 
 def record_node(client: Any, run_id: str) -> dict[str, str]:
