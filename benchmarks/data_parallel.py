@@ -3,8 +3,9 @@ researcher would otherwise do with two cores, one process with 2 intra-op thread
 
 Same config, same global batch, same steps in every row; the figure is the median training throughput
 (tokens/s of the global batch) over the steps after ``--warmup``, read from the run's own per-step metrics,
-and the final loss (the runs must agree: same global batch). Rows: dense (the PLATFORM.md shape: d 128, 2
-layers, seq 128, batch 32) and a small MoE (8 experts top-2 + 1 shared) with dp=2 and with dp=2, ep=2.
+and the final loss (the runs must agree: same global batch). Rows: dense (the docs/DESIGN.md "Platform" shape:
+d 128, 2 layers, seq 128, batch 32) and a small MoE (8 experts top-2 + 1 shared) with dp=2 and with dp=2,
+ep=2.
 
     python benchmarks/data_parallel.py [--steps 30] [--warmup 5] [--cache-dir DIR]
 """

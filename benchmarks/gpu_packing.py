@@ -273,7 +273,8 @@ def start_ray(args: argparse.Namespace) -> dict[str, float]:
 
     The driver calls ``ray.init`` only when Ray is not yet initialised, so the resources declared here stand.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # PLATFORM.md: no token file for a local session
+    # docs/DESIGN.md "Platform": no token file for a local session
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     want_cpus = max(args.ks) * args.cpus_per_trial

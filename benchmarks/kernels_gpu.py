@@ -1,9 +1,10 @@
 """GPU benchmark: our FP8 block-scaled GEMM and MoE grouped GEMM against what a researcher would use instead.
 
-Shapes (Ling-1T, DESIGN.md): dense FFN up-projection M×N×K = 8192×18432×8192 (8192 tokens, d_model 8192,
-d_ffn 18432) and square 8192³; MoE expert GEMM: 8 local experts of 256 (expert parallel), d_model 8192 →
-d_expert 2048, ~1024 token-slots per expert (ragged). TFLOP/s = 2·M·N·K / time (grouped: real tokens only,
-so our padding to 128 rows counts against us). Timing: CUDA events, warm-up, median of repeats.
+Shapes (Ling-1T, docs/DESIGN.md "Ling 2.0 architecture"): dense FFN up-projection M×N×K = 8192×18432×8192
+(8192 tokens, d_model 8192, d_ffn 18432) and square 8192³; MoE expert GEMM: 8 local experts of 256 (expert
+parallel), d_model 8192 → d_expert 2048, ~1024 token-slots per expert (ragged). TFLOP/s = 2·M·N·K / time
+(grouped: real tokens only, so our padding to 128 rows counts against us). Timing: CUDA events, warm-up,
+median of repeats.
 
     python benchmarks/kernels_gpu.py            # on a CUDA GPU; writes benchmarks/results/kernels_gpu.json
     TRITON_INTERPRET=1 python benchmarks/kernels_gpu.py --smoke --out /tmp/k.json   # CPU code-path check only

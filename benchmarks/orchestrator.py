@@ -10,7 +10,7 @@ Measures, in one run:
     python benchmarks/orchestrator.py [--trials 64] [--trial-seconds 20] [--concurrency 2]
 
 With ``--groups G``: search groups run concurrently in one Tuner (this driver) against one Tuner per group,
-one group after another (session 1's driver, reproduced by running each group as its own sweep in the same
+one group after another (a sequential driver, reproduced by running each group as its own sweep in the same
 Ray session). G budgets x ``--samples`` LR grid points each (a fixed grid, so both modes run the same trials;
 budgets spaced x``--budget-ratio`` so the groups' trials differ in length as in a real sweep), both modes in
 one run; writes ``results/orchestrator_groups.json``:
@@ -148,7 +148,7 @@ def groups_benchmark(args: argparse.Namespace) -> None:
             names = ["g_all"]
         else:
             names = []
-            for i, b in enumerate(budgets):  # session 1's driver: one Tuner per group, in sequence
+            for i, b in enumerate(budgets):  # sequential driver: one Tuner per group, in sequence
                 spec = parse_spec(_group_spec(f"g_seq{i}", work, tokens, [b], args.samples, args.concurrency))
                 run_sweep(spec, expand(spec), show_progress=False)
                 names.append(f"g_seq{i}")

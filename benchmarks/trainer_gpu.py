@@ -11,8 +11,8 @@ Peak memory = ``torch.cuda.max_memory_allocated`` over the whole run (model, Ada
 Tokens are synthetic (uniform random ids written as a ``data.source: tokens`` shard): throughput does not
 depend on the text, and the GPU machine has no corpus. So losses stay near ln V; this measures speed only.
 
-Models (Ling-style, DESIGN.md: GQA with head dim 128, QK-Norm, partial RoPE, SwiGLU, untied embeddings,
-vocab 32768, seq 2048, no MTP):
+Models (Ling-style, docs/DESIGN.md "Ling 2.0 architecture": GQA with head dim 128, QK-Norm, partial RoPE,
+SwiGLU, untied embeddings, vocab 32768, seq 2048, no MTP):
 - ``dense-100M``: 12 layers, d_model 768, 6 heads (2 KV), d_ffn 1920: 122M total (72M non-embedding).
 - ``moe-1B``: 18 layers (first dense, d_ffn 2560), d_model 1024, 8 heads (2 KV), 64 routed experts of width
   256 (top-4, 8 groups, top-4 groups, sigmoid, x2.5) + 1 shared: 0.99B total, 0.18B active (A = 7.7%, G = 8).

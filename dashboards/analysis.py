@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from windtunnel.errors import RecommendError
 from windtunnel.laws import LawSet
 from windtunnel.laws import load_laws as engine_load_laws
 from windtunnel.laws.base import budget_labels
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND
 from windtunnel.laws.isoflop import fit_parabolas, lower_envelope
-from windtunnel.recommend import RecommendError, Target
+from windtunnel.recommend import Target
 from windtunnel.recommend.policy import recommend_with_policy
 from windtunnel.recommend.summary import summary_rows
 

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import os
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,8 +7,9 @@ along the first (token) dim, returned transposed (the weight-gradient layout); `
 block×block tiles (weights). On CUDA they run a Triton kernel; elsewhere the PyTorch reference
 (same numerics).
 
-Note: under ``TRITON_INTERPRET=1`` the interpreter's fp32→fp8 cast is wrong upstream (PLATFORM.md), so the
-Triton quantisers are only compared bit-exactly on a GPU; CPU tests check their scales and tolerance.
+Note: under ``TRITON_INTERPRET=1`` the interpreter's fp32→fp8 cast is wrong upstream (docs/DESIGN.md
+"Platform"), so the Triton quantisers are only compared bit-exactly on a GPU; CPU tests check their scales and
+tolerance.
 """
 
 from __future__ import annotations

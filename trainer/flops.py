@@ -2,9 +2,9 @@
 
 Sources:
 - FLOPs per token: Ling team, "Towards Greater Leverage: Scaling Laws for Efficient Mixture-of-Experts
-  Language Models" (arXiv 2507.17702), App. C, as restated in DESIGN.md "FLOP accounting":
-  C_train ~= 3 * C_fwd; per layer per token (forward) attention projections 2*d*(n_h*d_h + 2*n_kv*d_h)
-  + 2*(n_h*d_h)*d, attention scores 4*s*n_h*d_h (no causal halving), dense FFN 6*d*d_ffn,
+  Language Models" (arXiv 2507.17702), App. C, as restated in docs/DESIGN.md "Published laws to reproduce",
+  FLOP accounting: C_train ~= 3 * C_fwd; per layer per token (forward) attention projections 2*d*(n_h*d_h +
+  2*n_kv*d_h) + 2*(n_h*d_h)*d, attention scores 4*s*n_h*d_h (no causal halving), dense FFN 6*d*d_ffn,
   MoE FFN 6*d*d_expert*(E_a + E_s), router 2*d*E; embeddings and output layer excluded.
 - Activation ratio A = (E_a + E_s) / (E + E_s) and granularity G = 2*d_model/d_expert: same paper, Sec. 2.
 - Memory: mixed-precision Adam bookkeeping of ZeRO (Rajbhandari et al. 2020, arXiv 1910.02054, Sec. 3.1:

@@ -263,9 +263,6 @@ def fp8_grouped_matmul(
     return _FP8GroupedFn.apply(x_TD, w_EDF, gs, block, _resolve(backend, x_TD), stats)
 
 
-fp8_expert_matmul = fp8_grouped_matmul  # the name trainer.model.moe.expert_matmul calls
-
-
 # ---------------------------------------------------------------------------------------------------------
 # safeguard
 # ---------------------------------------------------------------------------------------------------------

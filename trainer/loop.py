@@ -62,6 +62,7 @@ from trainer.config import RunConfig
 from trainer.data import TokenData, prepare_data
 from trainer.distributed import init_parallel
 from trainer.flops import count_params, flops_per_token
+from trainer.fp8 import fp8_safeguard_stats, set_fp8_monitor
 from trainer.hardware import mfu, mfu_flops_per_token, resolve_peak_tflops
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
@@ -190,23 +191,256 @@ def evaluate(
     return total / max(len(batches), 1)
 
 
-def _set_fp8_monitor(model: nn.Module, enabled: bool) -> None:
-    try:
-        from trainer.fp8 import set_fp8_monitor
-    except ImportError:
-        return
-    set_fp8_monitor(model, enabled)
-
-
 def _fp8_stats(model: nn.Module, run_cfg: RunConfig) -> dict[str, float]:
-    """``trainer.fp8.fp8_safeguard_stats`` of the last sampled step (empty if trainer.fp8 lacks it)."""
-    try:
-        from trainer.fp8 import fp8_safeguard_stats
-    except ImportError:
-        return {}
+    """``trainer.fp8.fp8_safeguard_stats`` of the last sampled step."""
     prec = run_cfg.precision
     stats = fp8_safeguard_stats(model, underflow_alert=prec.underflow_alert, cosine_alert=prec.cosine_alert)
     return {k: float(v) for k, v in stats.items()}
+
+
+class _Run:
+    """One run's state, shared by the phases of ``train``: set-up, resume, steps, the end (merge, eval)."""
+
+    def __init__(self, run_cfg: RunConfig, report: ReportFn | None, workdir: str | Path | None) -> None:
+        cfg = self.cfg = run_cfg
+        self.t_start = time.perf_counter()
+        # torchrun: process groups of the layout; one process: a no-op
+        par = self.par = init_parallel(cfg, resolve_device(cfg.device))
+        self.device = par.device
+        # only rank 0 reports; every rank trains, evaluates its shard and returns the result
+        self.report = report if par.is_main else None
+        seed_everything(cfg.seed)
+        self.data = TokenData(prepare_data(cfg), cfg.model.seq_len, cfg.seed)
+        model = build_model(cfg.model, cfg.precision, device=self.device)
+        model.train()
+        self.model = par.wrap_model(model, cfg)  # expert parallel: this rank keeps its experts
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.schedule = LRSchedule.from_config(cfg)
+        opt = cfg.optim
+        global_micro = opt.micro_batch_size or opt.batch_size
+        self.n_micro = opt.batch_size // global_micro
+        self.micro = par.local_micro(global_micro)  # sequences per forward on this rank
+        self.rows = par.batch_rows(opt.batch_size, global_micro)  # this rank's rows of each batch (None: all)
+        self.wsm = cfg.schedule.kind == "wsm"
+        interval = checkpoint_interval(cfg.steps, cfg.schedule.merge_window, cfg.schedule.checkpoint_interval)
+        self.merge_steps = (
+            merge_checkpoint_steps(cfg.steps, cfg.schedule.merge_window, interval) if self.wsm else []
+        )
+        self.val_batches = par.shard_batches(self.data.val_batches(cfg.eval_batches, global_micro))
+        self.tmp = tempfile.TemporaryDirectory(prefix="wt-run-") if workdir is None else None
+        self.ckpt = CheckpointManager(workdir if workdir is not None else self.tmp.name)  # type: ignore[union-attr]
+        self.save_full = workdir is not None
+        self.result = TrainResult(
+            status="finished",
+            steps=0,
+            tokens=0,
+            final_loss=math.nan,
+            val_loss=math.nan,
+            wall_s=0.0,
+            n_params=count_params(cfg.model).as_dict(),
+            flops_per_token=flops_per_token(cfg.model),
+            data_manifest_hash=self.data.manifest_hash,
+            config_hash=cfg.config_hash(),
+        )
+        self.step = 0
+        self.spike = SpikeRule(cfg.diverge_factor)
+        # MFU (trainer.hardware): peak and model FLOPs per token are fixed for the run; None: no peak known
+        self.peak_tflops = resolve_peak_tflops(cfg, self.device)
+        self.mfu_F = mfu_flops_per_token(cfg.model) if self.peak_tflops is not None else math.nan
+        self.recent: list[float] = []
+        self.last_val: float | None = None
+
+    def restore(self) -> None:
+        """Continue from the newest valid checkpoint (RNG states stay CPU tensors; rank 0 reads it)."""
+        par, result = self.par, self.result
+        state = par.broadcast_object(self.ckpt.load_latest(map_location="cpu") if par.is_main else None)
+        if state is None:
+            return
+        extra = state["extra"]
+        if extra.get("config_hash") != result.config_hash:
+            raise ValueError(
+                f"{self.ckpt.ckpt_dir}: checkpoint belongs to config {extra.get('config_hash')}, "
+                f"not {result.config_hash}; use another workdir or resume=False"
+            )
+        self.step = par.restore_training_state(state, self.model, self.optimizer)
+        if "loss_ema" in extra:  # a checkpoint without the EMA state: the rule restarts here
+            self.spike.best, self.spike.ema = extra["best_loss"], extra["loss_ema"]
+        self.recent = list(extra["recent"])
+        result.history = [(s, dict(m)) for s, m in extra["history"]]
+        result.resumed_from = self.step
+
+    def emit(self, s: int, metrics: dict[str, float]) -> None:
+        self.result.history.append((s, metrics))
+        if self.report is not None:
+            self.report(s, metrics)
+
+    def save(self, s: int) -> None:
+        extra = {
+            "config_hash": self.result.config_hash,
+            "best_loss": self.spike.best,
+            "loss_ema": self.spike.ema,
+            "recent": self.recent,
+            "history": self.result.history,
+            "schedule": asdict(self.schedule),
+        }
+        state = self.par.training_state(self.model, self.optimizer, s, extra)  # gathers experts: collective
+        if self.par.is_main:
+            self.ckpt.save(s, state)
+
+    def evaluate(self) -> float:
+        (val,) = self.par.mean(evaluate(self.model, self.val_batches, self.device, self.cfg.precision.dtype))
+        return val
+
+    def forward_backward(self, monitor: bool) -> tuple[float, float, dict[str, Any]]:
+        """Gradients of step ``self.step``'s global batch (items 1-2 of the module docstring); returns the
+        batch's LM loss and total loss (averaged over ranks) and the last micro-batch's model metrics."""
+        cfg, model = self.cfg, self.model
+        x_BT, y_BT = self.data.batch(self.step, cfg.optim.batch_size, rows=self.rows)
+        x_BT, y_BT = x_BT.to(self.device, non_blocking=True), y_BT.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        if monitor:  # FP8 safeguard sampling on this step's forward/backward only
+            set_fp8_monitor(model, True)
+        lm_sum, loss_sum, out_metrics = 0.0, 0.0, {}
+        for i in range(self.n_micro):
+            sl = slice(i * self.micro, (i + 1) * self.micro)
+            with _autocast(self.device, cfg.precision.dtype):
+                out = model(x_BT[sl], y_BT[sl])
+            (out.loss / self.n_micro).backward()
+            lm_sum += float(out.lm_loss.detach())
+            loss_sum += float(out.loss.detach())
+            out_metrics = out.metrics
+        loss, loss_sum = self.par.mean(lm_sum / self.n_micro, loss_sum)  # the global batch's, on every rank
+        return loss, loss_sum, out_metrics
+
+    def update(self) -> float:
+        """Clip, AdamW step and expert-bias update (item 3 of the module docstring); returns the grad norm."""
+        opt, model = self.cfg.optim, self.model
+        max_norm = opt.grad_clip if opt.grad_clip > 0 else math.inf
+        grad_norm = self.par.clip_grad_norm_(model, max_norm)  # averages gradients over dp ranks first
+        self.optimizer.step()
+        self.par.sync_expert_loads(model)  # global expert loads: identical bias updates on every rank
+        model.update_expert_bias()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return grad_norm
+
+    def log_metrics(self, loss: float, lr: float, grad_norm: float, dt: float, out: dict[str, Any]) -> dict:
+        """The metrics of a logged step (every ``log_interval``, the last, and a diverged one)."""
+        cfg, batch_tokens = self.cfg, self.cfg.batch_tokens
+        metrics: dict[str, float] = {k: float(v) for k, v in out.items() if k != "lm_loss"}
+        metrics.update(
+            loss=loss,
+            lr=lr,
+            tokens=float(self.step * batch_tokens),
+            grad_norm=grad_norm,
+            step_time_s=dt,
+            tokens_per_s=batch_tokens / dt,
+        )
+        if self.peak_tflops is not None:  # MFU of one GPU: global tokens/s over world x peak
+            metrics["mfu"] = mfu(batch_tokens / dt, self.mfu_F, self.peak_tflops, self.par.world_size)
+        if cfg.model.moe is not None:
+            metrics.update(self.model.moe_balance())
+        return metrics
+
+    def train_step(self) -> bool:
+        """One optimizer step (items 1-4 of the module docstring), its merge checkpoint, evaluation,
+        checkpoint and report; False when the run diverged."""
+        cfg, total_steps, result = self.cfg, self.cfg.steps, self.result
+        t0 = time.perf_counter()
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        mon = cfg.precision.monitor_interval
+        monitor = cfg.precision.dtype == "fp8" and mon > 0 and (self.step + 1) % mon == 0
+        loss, loss_sum, out_metrics = self.forward_backward(monitor)
+        if not (math.isfinite(loss) and math.isfinite(loss_sum)):
+            result.status = "diverged"
+            result.error = f"non-finite loss at step {self.step + 1}"
+            self.emit(self.step + 1, {"loss": loss, "lr": lr})
+            return False
+        grad_norm = self.update()
+        self.step += 1
+        step, dt = self.step, time.perf_counter() - t0
+        self.recent = (self.recent + [loss])[-cfg.log_interval :]
+        best_before = self.spike.best
+        diverged = self.spike.update(loss, armed=step > self.schedule.warmup_steps)
+        metrics: dict[str, float] = {}
+        if step % cfg.log_interval == 0 or step == total_steps or diverged:
+            metrics = self.log_metrics(loss, lr, grad_norm, dt, out_metrics)
+        if monitor:
+            set_fp8_monitor(self.model, False)
+            metrics.update(_fp8_stats(self.model, cfg))
+        if diverged:
+            result.status = "diverged"
+            result.error = (
+                f"loss (EMA) {self.spike.ema:.4g} > {cfg.diverge_factor} x best {best_before:.4g}"
+                f" at step {step} (last batch {loss:.4g})"
+            )
+            self.emit(step, metrics)
+            return False
+        self.checkpoint_and_report(step, metrics)
+        return True
+
+    def checkpoint_and_report(self, step: int, metrics: dict[str, float]) -> None:
+        """After a step: the WSM merge checkpoint, the evaluation, the full checkpoint and the report."""
+        total_steps = self.cfg.steps
+        if self.wsm and step in self.merge_steps:
+            merge_state = self.par.full_model_state(self.model)
+            if self.par.is_main:
+                self.ckpt.save_merge(step, merge_state)
+        do_eval = step % self.cfg.eval_interval == 0 or step == total_steps
+        if do_eval:
+            self.last_val = self.evaluate()
+            # a WSM run's last val_loss is the merged model's, reported once after the merge
+            metrics["val_loss_unmerged" if self.wsm and step == total_steps else "val_loss"] = self.last_val
+        if metrics:
+            self.result.history.append((step, metrics))
+        if do_eval and self.save_full:  # the checkpoint's history includes this step
+            self.save(step)
+        if metrics and self.report is not None:
+            self.report(step, metrics)
+
+    def merge(self) -> None:
+        """A finished WSM run: merge its checkpoints, evaluate and save the merged model, report val_loss."""
+        par, result, step = self.par, self.result, self.step
+        # a corrupt merge checkpoint is left out, warned; rank 0 holds the files and merges
+        paths = self.ckpt.valid_merge_paths(self.merge_steps) if par.is_main else []
+        shape, ema = self.cfg.schedule.merge_shape, self.cfg.schedule.ema_decay
+        merge = merge_checkpoint_files(paths, shape, ema) if paths else None
+        merge, merged_steps = par.broadcast_object((merge, [step_of(p) for p in paths]))
+        if merge is not None:
+            merged, weights = merge
+            par.load_full_model_state(self.model, merged)
+            result.val_loss = self.evaluate()
+            result.merged_steps = merged_steps
+            if self.save_full and par.is_main:
+                save_checkpoint(
+                    self.ckpt.workdir / "merged.pt",
+                    {"model": merged, "merged_steps": result.merged_steps, "merge_weights": weights},
+                )
+        self.emit(step, {"val_loss": result.val_loss})
+
+    def finish(self) -> TrainResult:
+        """The result: final losses (the merged model's for WSM), status of a non-finite end, clean-up."""
+        result, step = self.result, self.step
+        result.steps = step
+        result.tokens = step * self.cfg.batch_tokens
+        result.final_loss = float(np.mean(self.recent)) if self.recent else math.nan
+        if result.status == "finished":
+            if self.last_val is None:  # resumed from a finished run's last checkpoint
+                self.last_val = self.evaluate()
+            result.val_loss = result.val_loss_unmerged = self.last_val
+            if self.wsm:
+                self.merge()
+        if result.status == "finished" and not math.isfinite(result.val_loss):  # e.g. NaN weights at the end
+            result.status = "diverged"
+            result.error = f"non-finite validation loss ({result.val_loss}) after step {step}"
+        result.checkpoint_warnings = list(self.ckpt.skipped)
+        result.wall_s = time.perf_counter() - self.t_start
+        if self.tmp is not None:
+            self.tmp.cleanup()
+        self.par.close()
+        return result
 
 
 def train(
@@ -216,212 +450,14 @@ def train(
     resume: bool = True,
 ) -> TrainResult:
     """Train one run (see the module docstring); checkpoints go to ``workdir`` when given."""
-    t_start = time.perf_counter()
-    cfg = run_cfg
-    device = resolve_device(cfg.device)
-    par = init_parallel(cfg, device)  # torchrun: process groups of the layout; one process: a no-op
-    device = par.device
-    if not par.is_main:  # only rank 0 reports; every rank trains, evaluates its shard and returns the result
-        report = None
-    seed_everything(cfg.seed)
-
-    artifacts = prepare_data(cfg)
-    data = TokenData(artifacts, cfg.model.seq_len, cfg.seed)
-
-    model = build_model(cfg.model, cfg.precision, device=device)
-    model.train()
-    model = par.wrap_model(model, cfg)  # expert parallel: this rank keeps its experts
-    opt = cfg.optim
-    optimizer = build_optimizer(model, cfg)
-    schedule = LRSchedule.from_config(cfg)
-    total_steps = cfg.steps
-    global_micro = opt.micro_batch_size or opt.batch_size
-    n_micro = opt.batch_size // global_micro
-    micro = par.local_micro(global_micro)  # sequences per forward on this rank
-    rows = par.batch_rows(opt.batch_size, global_micro)  # this rank's rows of each global batch (None: all)
-    is_moe = cfg.model.moe is not None
-    wsm = cfg.schedule.kind == "wsm"
-    interval = checkpoint_interval(total_steps, cfg.schedule.merge_window, cfg.schedule.checkpoint_interval)
-    merge_steps = merge_checkpoint_steps(total_steps, cfg.schedule.merge_window, interval) if wsm else []
-    val_batches = par.shard_batches(data.val_batches(cfg.eval_batches, global_micro))
-    counts = count_params(cfg.model)
-
-    tmp = tempfile.TemporaryDirectory(prefix="wt-run-") if workdir is None else None
-    ckpt = CheckpointManager(workdir if workdir is not None else tmp.name)  # type: ignore[union-attr]
-    save_full = workdir is not None
-
-    result = TrainResult(
-        status="finished",
-        steps=0,
-        tokens=0,
-        final_loss=math.nan,
-        val_loss=math.nan,
-        wall_s=0.0,
-        n_params=counts.as_dict(),
-        flops_per_token=flops_per_token(cfg.model),
-        data_manifest_hash=data.manifest_hash,
-        config_hash=cfg.config_hash(),
-    )
-    step = 0
-    spike = SpikeRule(cfg.diverge_factor)
-    # MFU (trainer.hardware): peak and model FLOPs per token are fixed for the run; None: no peak known
-    peak_tflops = resolve_peak_tflops(cfg, device)
-    mfu_F = mfu_flops_per_token(cfg.model) if peak_tflops is not None else math.nan
-    recent: list[float] = []
-    if resume and save_full:
-        # RNG states must stay CPU tensors; rank 0 reads, every rank gets it (no shared disk needed)
-        state = par.broadcast_object(ckpt.load_latest(map_location="cpu") if par.is_main else None)
-        if state is not None:
-            extra = state["extra"]
-            if extra.get("config_hash") != result.config_hash:
-                raise ValueError(
-                    f"{ckpt.ckpt_dir}: checkpoint belongs to config {extra.get('config_hash')}, "
-                    f"not {result.config_hash}; use another workdir or resume=False"
-                )
-            step = par.restore_training_state(state, model, optimizer)
-            if "loss_ema" in extra:  # a checkpoint from before the EMA rule: the rule restarts here
-                spike.best, spike.ema = extra["best_loss"], extra["loss_ema"]
-            recent = list(extra["recent"])
-            result.history = [(s, dict(m)) for s, m in extra["history"]]
-            result.resumed_from = step
-
-    def emit(s: int, metrics: dict[str, float]) -> None:
-        result.history.append((s, metrics))
-        if report is not None:
-            report(s, metrics)
-
-    def save(s: int) -> None:
-        extra = {
-            "config_hash": result.config_hash,
-            "best_loss": spike.best,
-            "loss_ema": spike.ema,
-            "recent": recent,
-            "history": result.history,
-            "schedule": asdict(schedule),
-        }
-        state = par.training_state(model, optimizer, s, extra)  # experts gathered: a collective
-        if par.is_main:
-            ckpt.save(s, state)
-
-    last_val: float | None = None
+    run = _Run(run_cfg, report, workdir)
+    if resume and run.save_full:
+        run.restore()
     try:
-        while step < total_steps:
-            t0 = time.perf_counter()
-            lr = schedule(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x_BT, y_BT = data.batch(step, opt.batch_size, rows=rows)
-            x_BT, y_BT = x_BT.to(device, non_blocking=True), y_BT.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            mon = cfg.precision.monitor_interval
-            monitor = cfg.precision.dtype == "fp8" and mon > 0 and (step + 1) % mon == 0
-            if monitor:  # FP8 safeguard sampling on this step's forward/backward only
-                _set_fp8_monitor(model, True)
-            lm_sum, loss_sum, out_metrics = 0.0, 0.0, {}
-            for i in range(n_micro):
-                sl = slice(i * micro, (i + 1) * micro)
-                with _autocast(device, cfg.precision.dtype):
-                    out = model(x_BT[sl], y_BT[sl])
-                (out.loss / n_micro).backward()
-                lm_sum += float(out.lm_loss.detach())
-                loss_sum += float(out.loss.detach())
-                out_metrics = out.metrics
-            loss = lm_sum / n_micro
-            loss, loss_sum = par.mean(loss, loss_sum)  # the global batch's loss on every rank
-            if not (math.isfinite(loss) and math.isfinite(loss_sum)):
-                result.status = "diverged"
-                result.error = f"non-finite loss at step {step + 1}"
-                emit(step + 1, {"loss": loss, "lr": lr})
-                break
-            max_norm = opt.grad_clip if opt.grad_clip > 0 else math.inf
-            grad_norm = par.clip_grad_norm_(model, max_norm)  # averages gradients over dp ranks first
-            optimizer.step()
-            par.sync_expert_loads(model)  # global expert loads: identical bias updates on every rank
-            model.update_expert_bias()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step += 1
-            dt = time.perf_counter() - t0
-            recent = (recent + [loss])[-cfg.log_interval :]
-            best_before = spike.best
-            diverged = spike.update(loss, armed=step > schedule.warmup_steps)
-
-            metrics: dict[str, float] = {}
-            if step % cfg.log_interval == 0 or step == total_steps or diverged:
-                metrics.update({k: float(v) for k, v in out_metrics.items() if k != "lm_loss"})
-                metrics.update(
-                    loss=loss,
-                    lr=lr,
-                    tokens=float(step * cfg.batch_tokens),
-                    grad_norm=grad_norm,
-                    step_time_s=dt,
-                    tokens_per_s=cfg.batch_tokens / dt,
-                )
-                if peak_tflops is not None:  # MFU of one GPU: global tokens/s over world x peak
-                    metrics["mfu"] = mfu(cfg.batch_tokens / dt, mfu_F, peak_tflops, par.world_size)
-                if is_moe:
-                    metrics.update(model.moe_balance())
-            if monitor:
-                _set_fp8_monitor(model, False)
-                metrics.update(_fp8_stats(model, cfg))
-            if diverged:
-                result.status = "diverged"
-                result.error = (
-                    f"loss (EMA) {spike.ema:.4g} > {cfg.diverge_factor} x best {best_before:.4g}"
-                    f" at step {step} (last batch {loss:.4g})"
-                )
-                emit(step, metrics)
-                break
-            if wsm and step in merge_steps:
-                merge_state = par.full_model_state(model)
-                if par.is_main:
-                    ckpt.save_merge(step, merge_state)
-            do_eval = step % cfg.eval_interval == 0 or step == total_steps
-            if do_eval:
-                (last_val,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
-                # a WSM run's last val_loss is the merged model's, reported once after the merge
-                metrics["val_loss_unmerged" if wsm and step == total_steps else "val_loss"] = last_val
-            if metrics:
-                result.history.append((step, metrics))
-            if do_eval and save_full:  # the checkpoint's history includes this step
-                save(step)
-            if metrics and report is not None:
-                report(step, metrics)
+        while run.step < run_cfg.steps and run.train_step():
+            pass
     except Exception as err:  # a crash inside the loop is a failed run, not a crashed sweep
-        result.status = "failed"
-        result.error = f"{type(err).__name__}: {err}"
-        warnings.warn(f"training failed at step {step}: {traceback.format_exc()}", stacklevel=2)
-
-    result.steps = step
-    result.tokens = step * cfg.batch_tokens
-    result.final_loss = float(np.mean(recent)) if recent else math.nan
-    if result.status == "finished":
-        if last_val is None:  # resumed from a finished run's last checkpoint
-            (last_val,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
-        result.val_loss = result.val_loss_unmerged = last_val
-        if wsm:
-            # a corrupt merge checkpoint is left out, warned; rank 0 holds the files and merges
-            paths = ckpt.valid_merge_paths(merge_steps) if par.is_main else []
-            shape, ema = cfg.schedule.merge_shape, cfg.schedule.ema_decay
-            merge = merge_checkpoint_files(paths, shape, ema) if paths else None
-            merge, merged_steps = par.broadcast_object((merge, [step_of(p) for p in paths]))
-            if merge is not None:
-                merged, weights = merge
-                par.load_full_model_state(model, merged)
-                (result.val_loss,) = par.mean(evaluate(model, val_batches, device, cfg.precision.dtype))
-                result.merged_steps = merged_steps
-                if save_full and par.is_main:
-                    save_checkpoint(
-                        ckpt.workdir / "merged.pt",
-                        {"model": merged, "merged_steps": result.merged_steps, "merge_weights": weights},
-                    )
-            emit(step, {"val_loss": result.val_loss})
-    if result.status == "finished" and not math.isfinite(result.val_loss):  # e.g. NaN weights at the end
-        result.status = "diverged"
-        result.error = f"non-finite validation loss ({result.val_loss}) after step {step}"
-    result.checkpoint_warnings = list(ckpt.skipped)
-    result.wall_s = time.perf_counter() - t_start
-    if tmp is not None:
-        tmp.cleanup()
-    par.close()
-    return result
+        run.result.status = "failed"
+        run.result.error = f"{type(err).__name__}: {err}"
+        warnings.warn(f"training failed at step {run.step}: {traceback.format_exc()}", stacklevel=2)
+    return run.finish()

@@ -13,6 +13,8 @@ import importlib.metadata
 import sys
 from typing import NoReturn
 
+from windtunnel.errors import UserError
+
 DESCRIPTION = (
     "A scaling-law wind tunnel for LLM pre-training: run sweeps of small dense and MoE models on Ray "
     "(logged to MLflow), fit Ling-style scaling laws with uncertainty, and recommend a compute-optimal "
@@ -55,10 +57,6 @@ def fill_help(parser: argparse.ArgumentParser) -> None:
             action.help = next((SHARED_HELP[f] for f in action.option_strings if f in SHARED_HELP), None)
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, no traceback, exit code 2."""
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line usage error (``PROG: error: argument --flag: why``), exit code 2."""
 
@@ -82,7 +80,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=help_text.replace("%", "%%"),  # argparse %-formats help strings ("95% interval")
             description=help_text,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )

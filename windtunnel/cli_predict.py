@@ -4,7 +4,7 @@
         [--out P.json] [--json] [--record-to URI --experiment NAME --key KEY]
 
 Prints the predicted loss, its 95 % interval and the law it came from (and what the set's other loss law
-would say); ``--out`` writes the DESIGN.md prediction JSON; ``--record-to`` records it in an MLflow store
+would say); ``--out`` writes the prediction JSON; ``--record-to`` records it in an MLflow store
 before the run starts, where it can never be overwritten.
 """
 
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError, one_line
 
 
 def _count(text: str) -> float:
@@ -63,13 +63,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         lawset = load_laws(args.laws)
     except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"--laws {args.laws}: cannot load ({' '.join(str(err).split())})") from None
+        raise UserError(f"--laws {args.laws}: cannot load ({one_line(err)})") from None
     try:
         if args.model is not None:
             try:
                 cfg = RunConfig.from_yaml(args.model)
             except (OSError, ValueError) as err:
-                raise UserError(f"--model {args.model}: {' '.join(str(err).split())}") from None
+                raise UserError(f"--model {args.model}: {one_line(err)}") from None
             point, notes = point_from_model(cfg.model, args.tokens), []
         else:
             point, notes = point_from_compute(lawset, args.compute)

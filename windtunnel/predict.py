@@ -1,7 +1,7 @@
 """Predictions made before a run: the final validation loss of a model trained on D tokens (or of the
 compute-optimal model at a budget C), from a law set, with its 95 % interval and the law it came from.
 
-Two loss laws can predict (DESIGN.md "Contracts"):
+Two loss laws can predict (docs/DESIGN.md "Contracts"):
 - ``parametric``  L(N, D) = E + A/N^alpha + B/D^beta   (Hoffmann et al. 2022, eq. 2; N = non-embedding
   active parameters, D = training tokens);
 - ``frontier``    L(C) = E + A·C^-alpha                  (loss of the compute-optimal run at C = M·D).
@@ -30,21 +30,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from windtunnel.errors import PredictionError, PredictionLocked
+
 LOSS_LAWS = ("parametric", "frontier")
 PREDICTION_ROLE = "prediction"
 
 
-class PredictionError(ValueError):
-    """The law set cannot give this prediction (a law is missing, or the input is outside its domain)."""
-
-
-class PredictionLocked(PredictionError):
-    """A different prediction is already recorded under this key: predictions are never overwritten."""
-
-
 @dataclass
 class Prediction:
-    """DESIGN.md "Prediction": ``law, x, predicted, pi95, laws_sha256, made_at`` (+ other laws' values)."""
+    """prediction JSON: ``law, x, predicted, pi95, laws_sha256, made_at`` (+ other laws' values)."""
 
     law: str
     x: dict[str, float]

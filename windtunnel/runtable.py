@@ -1,4 +1,4 @@
-"""The run table: one row per training run, the law engine's only input (DESIGN.md "Contracts").
+"""The run table: one row per training run, the law engine's only input (docs/DESIGN.md "Contracts").
 
 Columns: ``run_id, sweep, family, params`` (non-embedding active parameters, the size the laws use),
 ``n_total, n_active, m`` (non-embedding training FLOPs per token), ``tokens, compute`` (= m·tokens, or

@@ -103,7 +103,7 @@ def test_dispatch_on_cpu_is_reference(gen: torch.Generator) -> None:
 @pytest.mark.parametrize("M,K,block", [(40, 200, 64), (64, 256, 128), (7, 33, 16)])
 def test_triton_quantize_rows(M: int, K: int, block: int, gen: torch.Generator, device: str) -> None:
     """Scales must match exactly; values are compared loosely on the CPU (the interpreter's fp32->fp8 cast is
-    wrong upstream, PLATFORM.md) and bit-exactly on a GPU (test_triton_quant_bitexact_gpu)."""
+    wrong upstream, docs/DESIGN.md "Platform") and bit-exactly on a GPU (test_triton_quant_bitexact_gpu)."""
     x = randn(gen, M, K, device=device)
     q, s = triton_quantize_rows(x, block)
     qr, sr = quantize_rows_ref(x.cpu(), block)

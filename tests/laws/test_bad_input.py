@@ -74,9 +74,9 @@ def test_unknown_law_and_non_numeric_column(runs) -> None:
 
 
 def test_frontier_backtest_is_finite_when_the_fit_below_the_cut_is_steep():
-    """The quickstart's frontier (session 2): below the cut the losses 4.93, 4.65, 4.66 make the 3-point fit
-    a step (alpha -> large, A = e^(log A) overflows). The backtest must still predict the top budget
-    (computed in log space: the step's level, E) instead of reporting n=0 / nan as it did."""
+    """The quickstart's frontier (measured 2026-11-23, commit f1a1ab9): below the cut the losses 4.93, 4.65,
+    4.66 make the 3-point fit a step (alpha -> large, A = e^(log A) overflows). The backtest must still
+    predict the top budget (computed in log space: the step's level, E) instead of reporting n=0 / nan."""
     from windtunnel.laws.powerlaw import fit_frontier_law
 
     C = [9.905897472e9, 2.4970788864e10, 6.2228791296e10, 1.5568207872e11]

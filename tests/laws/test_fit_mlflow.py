@@ -11,9 +11,7 @@ import pytest
 from windtunnel.cli import main as cli_main
 from windtunnel.laws import fit_laws
 from windtunnel.laws.synthetic import synthetic_runs
-
-tracking = pytest.importorskip("windtunnel.orchestrator.tracking")
-mlflow = pytest.importorskip("mlflow")
+from windtunnel.orchestrator import tracking
 
 EXPERIMENT = "laws-fit-test"
 RT_COLUMNS = ["params", "n_total", "n_active", "m", "tokens", "compute", "lr", "batch_tokens", "loss"]

@@ -61,9 +61,9 @@ def test_leverage_needs_variety() -> None:
 
 def test_identified_law_is_not_flagged_and_el_flat_in_a_is() -> None:
     """Ling's law generates EL that depends on A: the fit is identified (no ``degenerate``). If EL does not
-    depend on A at all (as in the session-3 efficiency_leverage_cpu sweep, where 4/8/16 experts gave the same
-    EL within noise), A_start and A_max run to the edges of their box and the law says it is not
-    identified."""
+    depend on A at all (as in the efficiency_leverage_cpu sweep of 2026-11-23, commit 21b0e27, where 4/8/16
+    experts gave the same EL within noise), A_start and A_max run to the edges of their box and the law says
+    it is not identified."""
     coef = load_laws("ling").laws["leverage"].coefficients
     ls = fit_laws(_runs(coef), laws=["leverage"], bootstrap=0)
     assert not ls.laws["leverage"].notes.get("degenerate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trainer import flops
 from windtunnel.laws import load_laws
 from windtunnel.laws.leverage import leverage_value, optimal_granularity
 
@@ -49,8 +50,7 @@ def test_ling_allocation_laws_present() -> None:
     assert abs(m * d / C - 1) < 0.01
 
 
-def test_ling_with_trainer_flops_if_available() -> None:
-    flops = pytest.importorskip("trainer.flops")
+def test_ling_with_trainer_flops() -> None:
     from pathlib import Path
 
     from trainer.config import RunConfig

@@ -10,7 +10,7 @@ import pytest
 from trainer.config import RunConfig
 from windtunnel.laws import fit_laws, load_laws
 from windtunnel.laws.synthetic import synthetic_runs
-from windtunnel.orchestrator.fitting import _recommendation
+from windtunnel.orchestrator.fitting import recommendation_line
 
 
 def test_quickstart_like_laws_borrow_from_ling_and_write_a_loadable_config(tmp_path):
@@ -24,7 +24,7 @@ def test_quickstart_like_laws_borrow_from_ling_and_write_a_loadable_config(tmp_p
     # the sweep's own law wins over the published one
     assert merged.laws["lr_opt"].coefficients == fitted.laws["lr_opt"].coefficients
 
-    line = _recommendation(fitted, tmp_path)
+    line = recommendation_line(fitted, tmp_path)
     assert "from ling: " in line and "not possible" not in line, line
     cfg = RunConfig.from_yaml(tmp_path / "recommended.yaml")
     assert cfg.optim.lr > 0 and cfg.model.moe is not None

@@ -315,9 +315,9 @@ def test_search_lr_grid_and_one_model_per_budget() -> None:
 )
 def test_cpu_sweeps_dry_run(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """The CPU-sized sweeps validate and list their trials through the CLI, and stay CPU-sized: at most 1e13
-    training FLOPs with the output head (``expand.trial_flops``, before pruning). Measured in session 3 on 2
-    cores: hparam_law_cpu 9.2e12 in 190-426 s, isoflop_cpu 2.6e12 in 247 s, ling_windtunnel_cpu 4.0e12 in
-    276 s.
+    training FLOPs with the output head (``expand.trial_flops``, before pruning). Measured on 2 cores
+    (2026-11-23, commit 4ca3b95): hparam_law_cpu 9.2e12 in 190-426 s, isoflop_cpu 2.6e12 in 247 s,
+    ling_windtunnel_cpu 4.0e12 in 276 s.
     """
     from windtunnel.orchestrator.expand import trial_flops
     from windtunnel.orchestrator.spec import load_and_expand

@@ -76,7 +76,8 @@ def test_total_params_1t_rebuilds_ling_1t():
 
 def test_compute_target_6p4e24_ling_ratios(capsys, tmp_path):
     """At C = 6.4e24 the m_opt law wants M = 8.3e11 (2.6x Ling-1T's M): with Ling 2.0's A = 3.5 % and
-    G = 8 that is ~2.7T total; with the laws' own MoE setting (A = 7.8 %, G = 2, DESIGN.md) it is 0.5-2T."""
+    G = 8 that is ~2.7T total; with the laws' own MoE setting (A = 7.8 %, G = 2, docs/DESIGN.md "Published
+    laws to reproduce") it is 0.5-2T."""
     out = tmp_path / "rec.yaml"
     rc, text, _ = run_cli(capsys, "--laws", "ling", "--compute", "6.4e24", "--out", out, "--json")
     assert rc == 0

@@ -13,7 +13,8 @@ from trainer.model import build_model
 
 MODELS = Path(__file__).resolve().parents[2] / "experiments" / "models"
 
-# published totals / actives (Ling 2.0 report, arXiv 2510.22115) and C = M * 20T from DESIGN.md
+# published totals / actives (Ling 2.0 report, arXiv 2510.22115) and C = M * 20T from docs/DESIGN.md
+# "Published laws to reproduce"
 PUBLISHED = {
     "ling-mini-2.0": (16.26e9, 1.43e9, 1.35e23),
     "ling-flash-2.0": (102.9e9, 6.1e9, 7.13e23),

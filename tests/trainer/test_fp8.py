@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from kernels.reference import qdq_blocks, qdq_rows
+from trainer.config import PrecisionConfig
 from trainer.fp8 import (
     FP8Linear,
-    fp8_expert_matmul,
     fp8_grouped_matmul,
     fp8_safeguard_stats,
     quant_error_stats,
     set_fp8_monitor,
 )
+from trainer.model.moe import expert_matmul
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,7 +100,9 @@ def test_fp8_grouped_matmul_gradients(gen) -> None:
     stats = fp8_safeguard_stats(torch.nn.ModuleDict({"ffn": moe}))
     for op in ("", ".weight", ".grad"):
         assert 0.99 < stats[f"fp8/cosine/ffn.w_up{op}"] <= 1 + 1e-12
-    assert fp8_expert_matmul is fp8_grouped_matmul
+    # the MoE's expert GEMM runs this FP8 path under an fp8 precision config (never a silent fallback)
+    y_moe = expert_matmul(x, w, sizes, PrecisionConfig(dtype="fp8", fp8_block=32))
+    assert torch.equal(y_moe, fp8_grouped_matmul(x, w, sizes, block=32))
     with pytest.raises(ValueError, match="sum to"):
         fp8_grouped_matmul(x, w, torch.tensor([1, 2, 3, 4]))
 

@@ -212,9 +212,9 @@ def test_fp8_run_reports_safeguard_stats(cache_dir: str) -> None:
 
 
 def test_spike_rule_ignores_one_easy_batch_and_catches_a_real_blowup() -> None:
-    """isoflop_cpu (session 3): a healthy d_model-24 run at loss ~3 met one near-verbatim batch scoring 1.34;
-    the next normal batch (4.08 > 3 x 1.34) was flagged ``diverged`` by the per-batch rule. The smoothed rule
-    lets that pass and still stops a run whose loss really jumps."""
+    """isoflop_cpu (2026-11-23, commit 94941fa): a healthy d_model-24 run at loss ~3 met one near-verbatim
+    batch scoring 1.34; the next normal batch (4.08 > 3 x 1.34) was flagged ``diverged`` by the per-batch
+    rule. The smoothed rule lets that pass and still stops a run whose loss really jumps."""
     from trainer.loop import SpikeRule
 
     healthy = [3.0 + 0.3 * ((i * 7) % 5 - 2) / 2 for i in range(200)]

@@ -261,10 +261,8 @@ def test_make_linear() -> None:
     lin = make_linear(8, 4, PrecisionConfig(dtype="fp32"))
     assert type(lin) is torch.nn.Linear and lin.bias is None and lin.weight.shape == (4, 8)
     assert type(make_linear(8, 4, None)) is torch.nn.Linear
-    try:
-        from trainer.fp8 import FP8Linear
-    except ImportError:
-        pytest.skip("trainer.fp8 not present")
+    from trainer.fp8 import FP8Linear
+
     lin8 = make_linear(256, 128, PrecisionConfig(dtype="fp8", fp8_block=128))
     assert isinstance(lin8, FP8Linear) and lin8.weight.shape == (128, 256)
 
@@ -311,7 +309,6 @@ def test_mtp_alignment() -> None:
 
 
 def test_fp8_moe_forward_backward() -> None:
-    pytest.importorskip("trainer.fp8")
     torch.manual_seed(9)
     cfg = tiny_cfg(moe=True)
     model = build_model(cfg, PrecisionConfig(dtype="fp8", fp8_block=16))
@@ -458,7 +455,6 @@ def test_fused_layers_equal_unfused_math() -> None:
 
 def test_fp8_layers_keep_separate_projections() -> None:
     """FP8 linears quantise their own weights: no fused QKV there."""
-    pytest.importorskip("trainer.fp8")
     from trainer.model.layers import Attention
 
     cfg = tiny_cfg(moe=False, d_model=32)

@@ -160,46 +160,55 @@ def _planned(docs: Iterator[str], plans: list[DocPlan]) -> Iterator[str]:
 
 def prepare_data(run_cfg: RunConfig) -> DataArtifacts:
     """Build (or find in the cache) the tokenizer and train/val token shards for ``run_cfg.data``."""
-    data = run_cfg.data
     cache_dir = _cache_dir(run_cfg)
-    model_vocab = run_cfg.model.vocab_size
+    if run_cfg.data.source == "tokens":
+        root = _prepare_tokens(run_cfg, cache_dir)
+    else:
+        root = _prepare_text(run_cfg, cache_dir)
+    return _check_vocab(DataArtifacts.from_dir(root), run_cfg.model.vocab_size)
 
-    if data.source == "tokens":
-        shards = token_shards(data, cache_dir)
-        mhash = tokens_manifest_hash(shards)
-        tok_file = _user_tokenizer(data.tokenizer)  # optional, only to decode samples
-        tok_key = sha256_file(tok_file) if tok_file else None
-        content_hash = sha256_json(
-            {"v": FORMAT_VERSION, "m": mhash, "val": data.val_fraction, "tok": tok_key}
-        )[:24]
 
-        def build_tokens(out_dir: Path) -> dict[str, Any]:
-            log(f"copying {len(shards)} token shard(s) into {cache_dir / content_hash}")
-            stats = write_token_shards(shards, data.val_fraction, out_dir)
-            _write_json(
-                out_dir / "manifest.json",
-                {
-                    "source": "tokens",
-                    "manifest_hash": mhash,
-                    "files": [[str(s.path), s.size, s.sha256] for s in shards],
-                },
-            )
-            vocab = shards[0].vocab_size
-            meta = {
+def _prepare_tokens(run_cfg: RunConfig, cache_dir: Path) -> Path:
+    """The cache folder of pre-tokenized shards (``data.source: tokens``), copied in once."""
+    data = run_cfg.data
+    shards = token_shards(data, cache_dir)
+    mhash = tokens_manifest_hash(shards)
+    tok_file = _user_tokenizer(data.tokenizer)  # optional, only to decode samples
+    tok_key = sha256_file(tok_file) if tok_file else None
+    key = {"v": FORMAT_VERSION, "m": mhash, "val": data.val_fraction, "tok": tok_key}
+    content_hash = sha256_json(key)[:24]
+
+    def build_tokens(out_dir: Path) -> dict[str, Any]:
+        log(f"copying {len(shards)} token shard(s) into {cache_dir / content_hash}")
+        stats = write_token_shards(shards, data.val_fraction, out_dir)
+        _write_json(
+            out_dir / "manifest.json",
+            {
                 "source": "tokens",
                 "manifest_hash": mhash,
-                "vocab_size": vocab,
-                "eot_id": shards[0].eot_id,
-                "dtype": shard_dtype(vocab).name,
-                "tokenizer": copy_tokenizer(tok_file, out_dir).name if tok_file else None,
-                "val_fraction": data.val_fraction,
-                **stats,
-            }
-            return _finish_meta(out_dir, meta)
+                "files": [[str(s.path), s.size, s.sha256] for s in shards],
+            },
+        )
+        vocab = shards[0].vocab_size
+        meta = {
+            "source": "tokens",
+            "manifest_hash": mhash,
+            "vocab_size": vocab,
+            "eot_id": shards[0].eot_id,
+            "dtype": shard_dtype(vocab).name,
+            "tokenizer": copy_tokenizer(tok_file, out_dir).name if tok_file else None,
+            "val_fraction": data.val_fraction,
+            **stats,
+        }
+        return _finish_meta(out_dir, meta)
 
-        root = _build_atomically(cache_dir, content_hash, build_tokens)
-        return _check_vocab(DataArtifacts.from_dir(root), model_vocab)
+    return _build_atomically(cache_dir, content_hash, build_tokens)
 
+
+def _prepare_text(run_cfg: RunConfig, cache_dir: Path) -> Path:
+    """The cache folder of a text corpus: split, tokenizer (trained or the user's), encoded shards."""
+    data = run_cfg.data
+    model_vocab = run_cfg.model.vocab_size
     corpus = build_corpus(data, cache_dir)
     mhash = corpus.manifest_hash
     user_tok = _user_tokenizer(data.tokenizer)
@@ -252,5 +261,4 @@ def prepare_data(run_cfg: RunConfig) -> DataArtifacts:
         )
         return meta
 
-    root = _build_atomically(cache_dir, content_hash, build_text)
-    return _check_vocab(DataArtifacts.from_dir(root), model_vocab)
+    return _build_atomically(cache_dir, content_hash, build_text)

@@ -6,20 +6,18 @@ S = T*K token-slots, F expert width (d_expert).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.config import ModelConfig, PrecisionConfig
+from trainer.fp8 import fp8_grouped_matmul
 from trainer.model.layers import SwiGLU, swiglu
 
 # the public F.grouped_mm where this torch has it, else the private op it wraps (torch < 2.10)
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 # (device type, dtype) -> False once the grouped GEMM has no kernel there (then the loop fallback runs).
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
-_FP8_WARNED = False
 
 
 def _contiguous_grad(grad: torch.Tensor) -> torch.Tensor:
@@ -59,23 +57,11 @@ def expert_matmul(
     ``group_sizes_E[e]`` of them). Works for any (E, In, Out) stack, e.g. ``w_down_EFD`` too.
 
     fp32/bf16: ``F.grouped_mm`` where it runs (CPU in torch 2.13, and bf16 on recent GPUs), otherwise a
-    loop over experts on contiguous slices. fp8: delegated to ``trainer.fp8.fp8_expert_matmul(x_SD, w_EDF,
-    group_sizes_E, block)`` — the FP8 hook; if that function does not exist the high-precision path runs
-    (with a one-time warning).
+    loop over experts on contiguous slices. fp8: ``trainer.fp8.fp8_grouped_matmul(x_SD, w_EDF,
+    group_sizes_E, block)``.
     """
     if precision_cfg is not None and precision_cfg.dtype == "fp8":
-        try:
-            from trainer.fp8 import fp8_expert_matmul  # type: ignore[attr-defined]
-        except ImportError:
-            global _FP8_WARNED
-            if not _FP8_WARNED:
-                warnings.warn(
-                    "trainer.fp8.fp8_expert_matmul not available: routed experts run in high precision",
-                    stacklevel=2,
-                )
-                _FP8_WARNED = True
-        else:
-            return fp8_expert_matmul(x_SD, w_EDF, group_sizes_E, precision_cfg.fp8_block)
+        return fp8_grouped_matmul(x_SD, w_EDF, group_sizes_E, precision_cfg.fp8_block)
     device_type = x_SD.device.type
     # follow autocast as nn.Linear does (autocast does not cover grouped_mm)
     if torch.is_autocast_enabled(device_type):

@@ -15,7 +15,10 @@ __all__ = ["runs_from_mlflow"]
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
-    """Rebuild the DESIGN.md run table from an MLflow experiment (see ``tracking.runs_from_mlflow``)."""
+    """Rebuild the run table (docs/DESIGN.md "Contracts") from an MLflow experiment.
+
+    See ``tracking.runs_from_mlflow``.
+    """
     from windtunnel.orchestrator.tracking import runs_from_mlflow as _runs
 
     return _runs(tracking_uri, experiment)

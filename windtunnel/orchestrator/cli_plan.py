@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from windtunnel.cli import UserError
+from windtunnel.errors import SpecError, UserError, one_line
 from windtunnel.orchestrator.plan import Budget, SweepEstimate, estimate, over_budget, parse_budget
-from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec, load_and_expand
+from windtunnel.orchestrator.spec import Plan, SweepSpec, load_and_expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +82,7 @@ def estimate_for(spec: SweepSpec, plan: Plan, tracking_uri: str | None, probe: b
     try:
         return estimate(spec, plan, cache, probe=probe)
     except (ValueError, OSError) as err:  # e.g. the data for a probe could not be prepared
-        raise UserError(" ".join(f"probe: {err}".split())) from None
+        raise UserError(one_line(f"probe: {err}")) from None
 
 
 def check_budget(spec: SweepSpec, plan: Plan, budget: Budget, tracking_uri: str | None) -> SweepEstimate:

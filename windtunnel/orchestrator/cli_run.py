@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from windtunnel.cli import UserError
+from windtunnel.errors import SpecError, UserError
 from windtunnel.orchestrator.cli_plan import add_budget_argument, run_preamble
-from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec, load_and_expand
+from windtunnel.orchestrator.spec import Plan, SweepSpec, load_and_expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +89,8 @@ def main(args: argparse.Namespace) -> int:
         print("\n".join(plan_lines(plan)))
         return 0
     planned_s = run_preamble(spec, plan, args.budget, args.tracking_uri)  # totals; refuses over budget
+    from windtunnel.errors import SweepBusy
     from windtunnel.orchestrator.driver import run_sweep
-    from windtunnel.orchestrator.sweeplock import SweepBusy
 
     try:
         out = run_sweep(

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError
 from windtunnel.orchestrator.progress import STATES, format_seconds
 
 

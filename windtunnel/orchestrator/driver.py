@@ -236,58 +236,20 @@ def _run_tuners(
     import ray
     from ray import tune
 
-    from windtunnel.orchestrator.groups import (
-        GroupedScheduler,
-        GroupedSearcher,
-        GroupSource,
-        grouped_trainable,
-    )
+    from windtunnel.orchestrator.groups import GroupedScheduler, GroupedSearcher, grouped_trainable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "logging_level": logging.ERROR,
-        }
-        if address:  # an existing cluster: its own dashboard/logging settings stand
-            connect_cluster(ray, address)
-        else:
-            # its own Ray: never a cluster that RAY_ADDRESS or an earlier `ray start` here points to
-            ray.init(address="local", **kwargs)
-            _watch_local_ray()
+    _init_ray(ray, address)
     check_cluster_fits(spec, ray.cluster_resources())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     active = [s for s in searches if s.remaining > 0]
-    sources, schedulers, group_items = [], {}, []
-    for gi, sp in enumerate(active):
-        g = sp.group
-        group_items.append(trial_item(g.base_cfg, g.study, "search", g.budget, sp.manifest, g.key, sp.gkey))
-        sources.append(
-            GroupSource(
-                key=g.key,
-                searcher=_optuna_searcher(sp),
-                grid=list(sp.grid),
-                remaining=sp.remaining,
-                cost=trial_flops(g.base_cfg),
-            )
-        )
-        schedulers[gi] = _scheduler(g)
+    sources, schedulers, group_items = _group_sources(active)
     n_total = len(fixed) + sum(sp.remaining for sp in active)
     if n_total == 0:
         return
     scheduler = GroupedScheduler(schedulers)
     searcher = GroupedSearcher([trial_flops(RunConfig.from_dict(i["run_cfg"])) for i in fixed], sources)
-    live, poller = None, None
-    if show_progress:
-        from rich.live import Live
-
-        live = Live(progress.table(), refresh_per_second=2, transient=False)
-        live.start()
-        if ray_client_mode(address):  # Tune runs remotely: its callbacks cannot reach this table
-            poller = StorePoller(progress, live, ctx["tracking_uri"], ctx["experiment_id"])
-            poller.start()
+    live, poller = _start_live(progress, ctx, address) if show_progress else (None, None)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(grouped_trainable, ctx=ctx, fixed=fixed, groups=group_items), resources
@@ -317,6 +279,52 @@ def _run_tuners(
         if live is not None:
             live.update(progress.table())
             live.stop()
+
+
+def _init_ray(ray: Any, address: str | None) -> None:
+    """Connect to the cluster at ``address``, or start a local Ray of our own (watched), unless one is up."""
+    if ray.is_initialized():
+        return
+    if address:  # an existing cluster: its own dashboard/logging settings stand
+        connect_cluster(ray, address)
+        return
+    # its own Ray: never a cluster that RAY_ADDRESS or an earlier `ray start` here points to
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    _watch_local_ray()
+
+
+def _group_sources(active: list[SearchPlan]) -> tuple[list[Any], dict[int, Any], list[dict[str, Any]]]:
+    """Per search group with trials left: its searcher source, its pruning scheduler and its trial item."""
+    from windtunnel.orchestrator.groups import GroupSource
+
+    sources, schedulers, group_items = [], {}, []
+    for gi, sp in enumerate(active):
+        g = sp.group
+        group_items.append(trial_item(g.base_cfg, g.study, "search", g.budget, sp.manifest, g.key, sp.gkey))
+        sources.append(
+            GroupSource(
+                key=g.key,
+                searcher=_optuna_searcher(sp),
+                grid=list(sp.grid),
+                remaining=sp.remaining,
+                cost=trial_flops(g.base_cfg),
+            )
+        )
+        schedulers[gi] = _scheduler(g)
+    return sources, schedulers, group_items
+
+
+def _start_live(progress: Any, ctx: dict[str, Any], address: str | None) -> tuple[Any, Any]:
+    """The live progress table, and a store poller feeding it when Tune runs remotely (Ray client)."""
+    from rich.live import Live
+
+    live = Live(progress.table(), refresh_per_second=2, transient=False)
+    live.start()
+    poller = None
+    if ray_client_mode(address):  # Tune runs remotely: its callbacks cannot reach this table
+        poller = StorePoller(progress, live, ctx["tracking_uri"], ctx["experiment_id"])
+        poller.start()
+    return live, poller
 
 
 _WATCHDOG: list[Any] = []

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trainer.config import ConfigError, RunConfig
+from windtunnel.errors import one_line
+from windtunnel.flatten import flatten
 from windtunnel.orchestrator.spec import (
     SearchStudy,
     SpecError,
     Study,
     SweepSpec,
-    _friendly,
-    _one_line,
     check_finite,
+    friendly_message,
 )
 
 
@@ -88,7 +89,7 @@ def _apply(cfg: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
     try:
         return _check_depth(cfg.with_overrides(overrides), where)
     except ConfigError as err:
-        msg = _friendly(str(err))
+        msg = friendly_message(str(err))
         if len(overrides) == 1:
             (key,) = overrides
             if msg.startswith(f"{key}: "):  # the error is about the overridden field itself
@@ -96,8 +97,8 @@ def _apply(cfg: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
                 if msg == "unknown field":
                     where = where.rsplit("[", 1)[0]
                 return_msg = f"{where}: {msg}"
-                raise SpecError(_one_line(return_msg)) from None
-        raise SpecError(_one_line(f"{where}: {msg}")) from None
+                raise SpecError(one_line(return_msg)) from None
+        raise SpecError(one_line(f"{where}: {msg}")) from None
 
 
 def _tokens_for_budget(cfg: RunConfig, budget: float, where: str) -> RunConfig:
@@ -119,14 +120,12 @@ def _law_coeffs(lawset: Any, name: str, where: str) -> tuple[float, float]:
 
 
 def _load_lawset(ref: str, where: str) -> Any:
-    try:
-        from windtunnel.laws import load_laws
-    except ImportError as err:
-        raise SpecError(f"{where}: the law engine is not available ({err})") from None
+    from windtunnel.laws import load_laws
+
     try:
         return load_laws(ref)
     except Exception as err:  # noqa: BLE001 - any load problem is the user's input
-        raise SpecError(_one_line(f"{where}: cannot load laws '{ref}': {err}")) from None
+        raise SpecError(one_line(f"{where}: cannot load laws '{ref}': {err}")) from None
 
 
 def _expand_ladder(study: Study, idx: int, base: RunConfig) -> list[tuple[RunConfig, float | None, dict]]:
@@ -139,7 +138,7 @@ def _expand_ladder(study: Study, idx: int, base: RunConfig) -> list[tuple[RunCon
         for j, m in enumerate(ladder.models):
             if not isinstance(m, dict) or not m:
                 raise SpecError(f"{where}.models[{j}]: must be a non-empty mapping of model fields")
-            shapes.append({f"model.{k}": v for k, v in _flatten(m).items()})
+            shapes.append(_model_overrides(m))
     else:
         shapes = ladder.rule.shapes(moe)  # type: ignore[union-attr]
     sized = []
@@ -169,15 +168,9 @@ def _expand_ladder(study: Study, idx: int, base: RunConfig) -> list[tuple[RunCon
     return out
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k != "moe":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _model_overrides(model: dict[str, Any]) -> dict[str, Any]:
+    """``model.*`` dotted overrides of a model block (its ``moe`` block and empty dicts set whole)."""
+    return {f"model.{k}": v for k, v in flatten(model, leaves=("moe",), keep_empty=True).items()}
 
 
 def trial_flops(cfg: RunConfig) -> float:
@@ -237,7 +230,7 @@ def _expand(spec: SweepSpec) -> Plan:
                     shape = study.search.models[i]
                     if not isinstance(shape, dict) or not shape:
                         raise SpecError(f"{where}.search.models[{i}]: must be a non-empty mapping of fields")
-                    over = {f"model.{k}": v for k, v in _flatten(shape).items()}
+                    over = _model_overrides(shape)
                     sized = _apply(base, over, f"{where}.search.models[{i}]")
                 cfg = _tokens_for_budget(sized, c, f"{where}.search.budgets[{i}]")
                 for seed in seeds:

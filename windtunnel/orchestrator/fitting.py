@@ -92,11 +92,8 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
             f"{n_finished} finished runs < min_runs_to_fit ({spec.min_runs_to_fit}): laws not fitted"
         )
         return
-    try:
-        from windtunnel.laws import fit_laws
-    except ImportError as err:
-        summary.append(f"law engine not available ({err}): laws not fitted")
-        return
+    from windtunnel.laws import fit_laws
+
     laws_path = sweep_dir / "laws.json"
     try:
         lawset = fit_laws(df, laws=spec.fit.laws, bootstrap=spec.fit.bootstrap, seed=0)
@@ -109,26 +106,23 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     outcome.laws_path = laws_path
     summary.extend(law_lines(lawset))
     summary.extend(warnings_lines)
+    from windtunnel.laws.figures import plot_laws
+
+    fig_dir = sweep_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
     try:
-        from windtunnel.laws.figures import plot_laws
-    except ImportError:
-        summary.append("figures: windtunnel.laws.figures not available")
-    else:
-        fig_dir = sweep_dir / "figures"
-        fig_dir.mkdir(exist_ok=True)
-        try:
-            paths = plot_laws(df, lawset, fig_dir)
-        except Exception as err:  # noqa: BLE001
-            summary.append(f"figures failed: {type(err).__name__}: {err}")
-            paths = []
-        for p in paths:
-            log_artifact(client, parent_run_id, p, "figures")
-        summary.append(f"figures: {len(paths)} files in {fig_dir}")
+        paths = plot_laws(df, lawset, fig_dir)
+    except Exception as err:  # noqa: BLE001
+        summary.append(f"figures failed: {type(err).__name__}: {err}")
+        paths = []
+    for p in paths:
+        log_artifact(client, parent_run_id, p, "figures")
+    summary.append(f"figures: {len(paths)} files in {fig_dir}")
     limit = getattr(getattr(spec, "fit", None), "max_extrapolation_decades", MAX_EXTRAPOLATION_DECADES)
-    summary.append(_recommendation(lawset, sweep_dir, limit))
+    summary.append(recommendation_line(lawset, sweep_dir, limit))
 
 
-def _recommendation(lawset: Any, sweep_dir: Path, max_decades: float = MAX_EXTRAPOLATION_DECADES) -> str:
+def recommendation_line(lawset: Any, sweep_dir: Path, max_decades: float = MAX_EXTRAPOLATION_DECADES) -> str:
     """The summary line of ``windtunnel.recommend.policy.recommend_with_policy`` at RECOMMEND_COMPUTE (the
     sweep's laws, completed by ``ling`` or refused when too far from the target); the config goes to
     ``recommended.yaml``."""
@@ -216,7 +210,7 @@ def _check_hparam_laws(client: Any, lawset: Any, sweep: str) -> list[str]:
     names = [n for n in HPARAM_COLUMNS if n in lawset.laws]
     if not names:
         return []
-    from windtunnel.orchestrator.tracking import effective_status, trial_runs, with_retry
+    from windtunnel.orchestrator.tracking import RT_PREFIX, effective_status, trial_runs, with_retry
 
     exp = with_retry(client.get_experiment_by_name, sweep)
     runs = list(trial_runs(client, exp.experiment_id).values())
@@ -230,7 +224,7 @@ def _check_hparam_laws(client: Any, lawset: Any, sweep: str) -> list[str]:
         for r in runs:
             p, t, m = r.data.params, r.data.tags, r.data.metrics
             try:
-                budget = float(t["budget"]) if "budget" in t else float(m["rt.compute"])
+                budget = float(t["budget"]) if "budget" in t else float(m[RT_PREFIX + "compute"])
                 if name == "lr_opt":
                     value = float(p["optim.lr"])
                 else:
@@ -241,7 +235,7 @@ def _check_hparam_laws(client: Any, lawset: Any, sweep: str) -> list[str]:
                 {
                     "budget": budget,
                     "value": value,
-                    "loss": m.get("rt.loss", math.nan),
+                    "loss": m.get(RT_PREFIX + "loss", math.nan),
                     "status": effective_status(r),
                 }
             )

@@ -1,7 +1,7 @@
 """One Ray Tune run for a whole sweep: fixed trials and every search group's trials share the slots.
 
-Session 1 ran one Tuner per search group, one after another: each group's last trials left slots idle and a
-group's TPE had to wait for the previous group. Here a single Tuner takes all trials from
+One Tuner per search group, run one after another, would leave slots idle during each group's last trials and
+make a group's TPE wait for the previous group. A single Tuner takes all trials from
 ``GroupedSearcher`` and prunes with ``GroupedScheduler``:
 
 - ``GroupedSearcher`` (a ``ray.tune.search.Searcher``) hands out, from several sources, the next trial of the

@@ -29,15 +29,17 @@ from dataclasses import dataclass, field
 
 from trainer.config import RunConfig
 from trainer.hardware import PEAKS, env_peak_tflops, mfu_dtype, mfu_flops_per_token
+from windtunnel.errors import SpecError
 from windtunnel.orchestrator.expand import trial_flops
 from windtunnel.orchestrator.probe import PROBE_STEPS, ProbeCache, ProbeResult, run_probe, shape_key
 from windtunnel.orchestrator.progress import format_seconds
-from windtunnel.orchestrator.spec import Plan, SpecError, SweepSpec
+from windtunnel.orchestrator.spec import Plan, SweepSpec
 
-TRIAL_OVERHEAD_S = 0.4  # orchestrator cost per trial (PLATFORM.md: 40 short trials, ~0.4 s each, 2026-12-06)
-SWEEP_FIXED_S = 15.0  # ray.init 4-5 s + importing torch, ray.tune, mlflow ~9 s (PLATFORM.md) + the final fit
+TRIAL_OVERHEAD_S = 0.4  # orchestrator cost per trial (40 short trials, ~0.4 s each, 2026-12-06)
+# ray.init 4-5 s + importing torch, ray.tune, mlflow ~9 s (docs/DESIGN.md "Platform") + the final fit
+SWEEP_FIXED_S = 15.0
 MAX_PROBE_S = 30.0  # a CPU probe expected to take longer is extrapolated instead
-# PLATFORM.md: 12.5k tokens/s of a 0.68M-parameter model (F ~ 4.5e6 FLOPs/token) on 1 thread
+# docs/DESIGN.md "Platform": 12.5k tokens/s of a 0.68M-parameter model (F ~ 4.5e6 FLOPs/token) on 1 thread
 CPU_FLOPS_PER_THREAD = 5.0e10
 ASSUMED_MFU = 0.35  # GPU runs that cannot be probed here: model FLOPs utilisation assumed
 DEFAULT_GPU = "H100 SXM"

@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 from trainer.config import RunConfig
+from windtunnel.errors import SpecError, one_line
 from windtunnel.orchestrator.identity import data_key
-from windtunnel.orchestrator.spec import SpecError, SweepSpec
+from windtunnel.orchestrator.spec import SweepSpec
 
 
 def _os_problem(err: OSError) -> str:
@@ -85,5 +86,5 @@ def prepare_manifests(configs: list[RunConfig]) -> dict[str, str]:
         try:
             manifests[key] = prepare_data(cfg).manifest_hash
         except (ValueError, OSError) as err:  # DataError is a ValueError
-            raise SpecError(" ".join(f"data: {err}".split())) from None
+            raise SpecError(one_line(f"data: {err}")) from None
     return manifests

@@ -91,7 +91,9 @@ def format_seconds(s: float) -> str:
     return f"{s}s"
 
 
-_LIVE: dict[int, Any] = {}  # rich Live displays by id: kept out of the callback (Tune pickles callbacks)
+LIVE_DISPLAYS: dict[
+    int, Any
+] = {}  # rich Live displays by id: kept out of the callback (Tune pickles callbacks)
 
 
 def make_callback(
@@ -105,5 +107,5 @@ def make_callback(
 
     key = id(live) if live is not None else None
     if live is not None:
-        _LIVE[key] = live
+        LIVE_DISPLAYS[key] = live
     return ProgressCallback(progress, key, scheduler, tracking_uri)

@@ -9,7 +9,8 @@ import logging
 import os
 from typing import Any
 
-from windtunnel.orchestrator.spec import SpecError, SweepSpec
+from windtunnel.errors import SpecError, one_line
+from windtunnel.orchestrator.spec import SweepSpec
 
 # Tune's environment for a quiet, Ctrl-C-friendly sweep; under Ray Client (ray://) the Tuner runs in a remote
 # task, so the same variables travel to the cluster in the job's runtime_env
@@ -37,7 +38,7 @@ def connect_cluster(ray: Any, address: str) -> None:
     try:
         ray.init(**kwargs)
     except Exception as err:  # noqa: BLE001 - any failure to connect is the user's address
-        msg = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        msg = one_line(f"{type(err).__name__}: {err}")[:300]
         raise SpecError(f"--address {address}: cannot connect to the Ray cluster ({msg})") from None
 
 

@@ -16,8 +16,7 @@ from typing import Any
 
 from trainer.config import RunConfig
 from windtunnel.orchestrator.spec import Plan, SearchGroup
-
-DIVERGED_REWARD = 1.0e3
+from windtunnel.orchestrator.trial import DIVERGED_PENALTY
 
 
 def trial_item(
@@ -136,7 +135,7 @@ def plan_search(g: SearchGroup, existing: dict[str, Any], manifest: str, work: W
     """A search group's done points (replayed to TPE), its unfinished points (resumed as fixed trials) and
     the draws left; only runs whose ``group_key`` matches this group's content count."""
     from windtunnel.orchestrator.identity import group_key
-    from windtunnel.orchestrator.tracking import DONE_STATUSES, effective_status
+    from windtunnel.orchestrator.tracking import DONE_STATUSES, RT_PREFIX, effective_status
 
     searched = [n for n, v in (("lr", g.search.lr), ("batch_size", g.search.batch_size)) if v is not None]
     gkey = group_key(g.base_cfg, searched, manifest)
@@ -159,11 +158,11 @@ def plan_search(g: SearchGroup, existing: dict[str, Any], manifest: str, work: W
         if status in DONE_STATUSES:
             work.count_done(status)
             if status == "diverged":
-                reward = DIVERGED_REWARD
+                reward = DIVERGED_PENALTY
             elif status == "pruned":
-                reward = float(r.data.metrics.get("val_loss", DIVERGED_REWARD))
+                reward = float(r.data.metrics.get("val_loss", DIVERGED_PENALTY))
             else:
-                reward = float(r.data.metrics.get("rt.loss", DIVERGED_REWARD))
+                reward = float(r.data.metrics.get(RT_PREFIX + "loss", DIVERGED_PENALTY))
             points.append(point)
             rewards.append(reward)
         else:  # sampled before an interruption: resume it as a fixed trial

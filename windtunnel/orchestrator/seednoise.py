@@ -15,12 +15,12 @@ from typing import Any
 
 def seed_groups(runs: list[Any]) -> dict[str, list[tuple[int, float]]]:
     """Config without seed -> [(seed, final loss)] over finished runs."""
-    from windtunnel.orchestrator.tracking import effective_status
+    from windtunnel.orchestrator.tracking import RT_PREFIX, effective_status
 
     groups: dict[str, list[tuple[int, float]]] = {}
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
-        loss = metrics.get("rt.loss", math.nan)
+        loss = metrics.get(RT_PREFIX + "loss", math.nan)
         if effective_status(run) != "finished" or "run_config" not in tags or not math.isfinite(loss):
             continue
         cfg = json.loads(tags["run_config"])

@@ -27,11 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.config import DataConfig, RunConfig
+from windtunnel.errors import SpecError, one_line
 from windtunnel.orchestrator.spec_target import TargetSpec
-
-
-class SpecError(ValueError):
-    """A sweep spec that failed validation; the message is one line: ``field.path: problem``."""
 
 
 class _Strict(BaseModel):
@@ -340,11 +337,8 @@ def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
     return out or "<root>"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _friendly(msg: str) -> str:
+def friendly_message(msg: str) -> str:
+    """Pydantic's wording in the user's terms ("unknown field" for an extra key)."""
     return msg.replace("Extra inputs are not permitted", "unknown field")
 
 
@@ -365,8 +359,8 @@ def format_spec_error(err: ValidationError) -> str:
             continue
         if e["type"] == "too_short" and e.get("input") in ([], {}):
             msg = "empty list"
-        problems.append(f"{_loc(loc)}: {_friendly(msg)}")
-    return _one_line("; ".join(problems))
+        problems.append(f"{_loc(loc)}: {friendly_message(msg)}")
+    return one_line("; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,7 +398,7 @@ def load_spec_text(text: str, source: str = "<spec>") -> SweepSpec:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise SpecError(_one_line(f"{source}: not valid YAML{where}: {problem}")) from None
+        raise SpecError(one_line(f"{source}: not valid YAML{where}: {problem}")) from None
     return parse_spec(data, source)
 
 
@@ -415,7 +409,7 @@ def load_and_expand(path: str | Path) -> tuple[SweepSpec, Plan]:
     except SpecError:
         raise
     except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError, ArithmeticError) as err:
-        raise SpecError(_one_line(f"{path}: {type(err).__name__}: {err}")) from None
+        raise SpecError(one_line(f"{path}: {type(err).__name__}: {err}")) from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -17,11 +17,9 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from windtunnel.errors import SweepBusy
+
 LOCK_NAME = ".driver.lock"
-
-
-class SweepBusy(Exception):
-    """Another driver holds the sweep's lock; the message is one line for the user."""
 
 
 class SweepLock:

@@ -7,7 +7,8 @@ Layout in the store (experiment = sweep name):
   failed), ``family, study, kind, manifest_hash, trainer_results_version`` (search trials: ``search_group,
   group_key``); params = the full RunConfig flattened (``optim.lr`` ...); per-step metrics (``loss``,
   ``val_loss``, ``lr``, ...) logged in batches with ``MlflowClient.log_batch`` (<= 1,000 metrics a call);
-  the DESIGN.md run-table row as ``rt.*`` metrics (``rt.params, rt.n_total, ..., rt.loss``).
+  the run-table row (docs/DESIGN.md "Contracts") as ``rt.*`` metrics (``rt.params, rt.n_total, ...,
+  rt.loss``).
 
 Trials write to the store directly from their Ray workers (a ``sqlite:///`` file or a tracking server,
 docs/TRACKING.md). Transient store errors are retried by ``with_retry`` (bounded exponential back-off with
@@ -31,12 +32,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from windtunnel.errors import ArtifactStoreError, TrackingUnavailable, one_line  # noqa: F401 - re-exported
 from windtunnel.orchestrator.tracking_retry import (  # noqa: F401 - re-exported
     DEFAULT_DEADLINE_S,
     HTTP_DEFAULTS,
     RETRY_STATS,
-    ArtifactStoreError,
-    TrackingUnavailable,
     backoff_s,
     configure_http_retries,
     deadline_s,
@@ -81,17 +81,6 @@ def open_client(tracking_uri: str) -> MlflowClient:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return client
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -230,7 +219,7 @@ class TrialLogger:
             self.unavailable = True
             raise TrackingUnavailable(
                 f"tracking store {self.client.tracking_uri} unavailable for {self.deadline:.0f}s: "
-                + " ".join(str(err).split())[:300]
+                + one_line(err)[:300]
             ) from err
 
     def _find_run(self) -> Any | None:
@@ -338,7 +327,7 @@ class TrialLogger:
                         raise TrackingUnavailable(
                             f"tracking store {self.client.tracking_uri} unavailable for "
                             f"{time.monotonic() - self.outage_since:.0f}s (deadline {self.deadline:.0f}s), "
-                            f"{len(self.buffer)} metrics buffered: " + " ".join(str(err).split())[:300]
+                            f"{len(self.buffer)} metrics buffered: " + one_line(err)[:300]
                         ) from err
                 else:
                     try:
@@ -431,7 +420,7 @@ class TrialLogger:
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
-    """Rebuild the DESIGN.md run table (one row per trial run) from an MLflow experiment.
+    """Rebuild the run table (docs/DESIGN.md "Contracts"; one row per trial run) from an MLflow experiment.
 
     Columns: the run table (``windtunnel.runtable.RUN_TABLE_COLUMNS``) from the ``rt.*`` metrics and the
     ``sweep``/``family``/``status`` tags, plus ``act_ratio, granularity`` (MoE), ``study``, ``config_hash``,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 
-from windtunnel.cli import UserError
+from windtunnel.errors import ArtifactStoreError, one_line
 
 T = TypeVar("T")
 
@@ -65,10 +65,6 @@ _UNREACHABLE = (
     "the database system is starting up",
     "the database system is shutting down",
 )
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store stayed unreachable (or locked) past the deadline, or the metric buffer filled up."""
 
 
 def configure_http_retries() -> None:
@@ -147,13 +143,6 @@ def with_retry(
 RETRY_STATS: dict[str, int] = {}  # transient errors retried in this process, by kind (for tests/benchmarks)
 
 
-class ArtifactStoreError(UserError):
-    """An artifact could not be stored; the message is one line naming the file, the destination and why.
-
-    A ``windtunnel.cli.UserError``: the CLI prints it as one line (exit 2) instead of a traceback.
-    """
-
-
 def log_artifact(
     client: MlflowClient, run_id: str, local_path: str | Path, artifact_path: str | None = None
 ) -> None:
@@ -177,7 +166,7 @@ def _artifact_error(
     except Exception:  # noqa: BLE001 - the store may be the problem
         root = f"run {run_id}"
     dest = f"{root.rstrip('/')}/{artifact_path + '/' if artifact_path else ''}{path.name}"
-    detail = " ".join(str(err).split())
+    detail = one_line(err)
     if isinstance(err, OSError) and err.errno is not None:  # a local (file://) artifact store
         cause = f"{os.strerror(err.errno)} ({getattr(err, 'filename', None) or dest})"
     elif "too many 500 error responses" in detail or " 500 " in detail:

@@ -21,11 +21,15 @@ from typing import Any
 
 from trainer.config import RunConfig
 
-DIVERGED_PENALTY = 1.0e3  # val_loss reported to the searcher for diverged runs (TPE only uses ranks)
+# val_loss reported to the searcher for diverged runs, and their reward on resume (TPE only uses ranks)
+DIVERGED_PENALTY = 1.0e3
 
 
 def run_table_row(cfg: RunConfig, tokens: float, loss: float) -> dict[str, float]:
-    """DESIGN.md run-table row: params = non-embedding active, m = FLOPs/token, compute = m*tokens."""
+    """Run-table row (docs/DESIGN.md "Contracts").
+
+    params = non-embedding active, m = FLOPs/token, compute = m*tokens.
+    """
     from trainer.flops import activation_ratio, count_params, flops_per_token, granularity
 
     counts = count_params(cfg.model)
@@ -90,7 +94,8 @@ def execute_trial(
     retries it); a diverged run is recorded with status ``diverged`` and returns normally (not retried).
     """
     from trainer.loop import train
-    from windtunnel.orchestrator.tracking import TrialLogger, flatten, with_retry
+    from windtunnel.flatten import flatten
+    from windtunnel.orchestrator.tracking import RT_PREFIX, TrialLogger, with_retry
 
     tags = trial_tags(cfg, meta, ctx)
     h = tags["trial_key"]
@@ -108,7 +113,7 @@ def execute_trial(
     if logger.existing_status in ("finished", "diverged", "pruned"):
         # a searcher proposed a point that is already done: report its stored outcome, do not re-run
         stored = logger.existing_metrics.get(
-            "rt.loss", logger.existing_metrics.get("val_loss", DIVERGED_PENALTY)
+            RT_PREFIX + "loss", logger.existing_metrics.get("val_loss", DIVERGED_PENALTY)
         )
         if tune_report is not None:
             tune_report({"val_loss": float(stored), "progress": 1.0, "diverged": 0.0, "reused": 1.0})
@@ -116,26 +121,7 @@ def execute_trial(
     # the process running this attempt (the fault-injection tests find the Ray worker to kill by it)
     with_retry(logger.client.set_tag, logger.run_id, "pid", str(os.getpid()))
     record_node(logger.client, logger.run_id)  # which Ray node runs this attempt (retries append)
-    total_tokens = cfg.steps * cfg.batch_tokens
-    last_val: list[float | None] = [None]
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        logger.log(step, metrics)
-        if tune_report is not None:
-            out = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "val_loss"}
-            out.update(step=step, tokens_seen=float(metrics.get("tokens", step * cfg.batch_tokens)))
-            out["progress"] = out["tokens_seen"] / total_tokens
-            out["mlflow_run_id"] = logger.run_id  # type: ignore[assignment]
-            if "val_loss" in metrics:
-                last_val[0] = float(metrics["val_loss"])
-                # pruning decisions come on evaluations; a pruned trial's thread is not resumed, so the
-                # store must already hold its metrics when Tune decides
-                logger.flush()
-            # every result carries val_loss (OptunaSearch and ASHA read it): the latest evaluation, or the
-            # training loss before the first evaluation
-            out["val_loss"] = last_val[0] if last_val[0] is not None else float(metrics.get("loss", math.nan))
-            tune_report(out)
-
+    report = _reporter(logger, cfg, tune_report)
     t0 = time.perf_counter()
     try:
         result = train(cfg, report=report, workdir=workdir, resume=True)
@@ -147,7 +133,18 @@ def execute_trial(
     except BaseException as err:
         logger.finish("failed", tags={"reason": f"{type(err).__name__}: {err}"[:500]})
         raise
-    wall = time.perf_counter() - t0
+    return _record_outcome(cfg, result, logger, time.perf_counter() - t0, h, tune_report)
+
+
+def _record_outcome(
+    cfg: RunConfig,
+    result: Any,
+    logger: Any,
+    wall: float,
+    h: str,
+    tune_report: Callable[[dict[str, Any]], None] | None,
+) -> Any:
+    """Close the trial's run with the trainer's outcome (its run-table row when it has one) and tell Tune."""
     history = list(getattr(result, "history", []) or [])
     if history and logger.resumed:  # resumed after a crash: fill in steps lost with unflushed buffers
         logger.backfill(history)
@@ -177,6 +174,33 @@ def execute_trial(
     if tune_report is not None:
         tune_report({"val_loss": float(result.val_loss), "progress": 1.0, "diverged": 0.0})
     return result
+
+
+def _reporter(
+    logger: Any, cfg: RunConfig, tune_report: Callable[[dict[str, Any]], None] | None
+) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's report callback: log to the store; report to Tune, ``val_loss`` in every result."""
+    total_tokens = cfg.steps * cfg.batch_tokens
+    last_val: list[float | None] = [None]
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        logger.log(step, metrics)
+        if tune_report is not None:
+            out = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "val_loss"}
+            out.update(step=step, tokens_seen=float(metrics.get("tokens", step * cfg.batch_tokens)))
+            out["progress"] = out["tokens_seen"] / total_tokens
+            out["mlflow_run_id"] = logger.run_id  # type: ignore[assignment]
+            if "val_loss" in metrics:
+                last_val[0] = float(metrics["val_loss"])
+                # pruning decisions come on evaluations; a pruned trial's thread is not resumed, so the
+                # store must already hold its metrics when Tune decides
+                logger.flush()
+            # every result carries val_loss (OptunaSearch and ASHA read it): the latest evaluation, or the
+            # training loss before the first evaluation
+            out["val_loss"] = last_val[0] if last_val[0] is not None else float(metrics.get("loss", math.nan))
+            tune_report(out)
+
+    return report
 
 
 def record_node(client: Any, run_id: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 
-from windtunnel.orchestrator.progress import _LIVE, SweepProgress
+from windtunnel.orchestrator.progress import LIVE_DISPLAYS, SweepProgress
 
 
 class ProgressCallback(Callback):
@@ -27,7 +27,7 @@ class ProgressCallback(Callback):
         self.tracking_uri = tracking_uri
 
     def _refresh(self) -> None:
-        live = _LIVE.get(self.live_key) if self.live_key is not None else None
+        live = LIVE_DISPLAYS.get(self.live_key) if self.live_key is not None else None
         if live is not None:
             live.update(self.progress.table())
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, RunConfig
-from windtunnel.orchestrator.spec import LadderRule, SpecError, SweepSpec
+from windtunnel.errors import SpecError, one_line
+from windtunnel.orchestrator.spec import LadderRule, SweepSpec
 from windtunnel.orchestrator.spec_target import TARGET_STUDY, TargetShape
 
 PREDICTION_KEY = "target"
@@ -65,7 +66,7 @@ def check_target(spec: SweepSpec) -> None:
     try:
         _base(spec).with_overrides({f"model.{k}": v for k, v in t.model.items()})
     except ConfigError as err:
-        raise SpecError(" ".join(f"target.model: {err}".split())) from None
+        raise SpecError(one_line(f"target.model: {err}")) from None
 
 
 def ladder_max_budget(spec: SweepSpec) -> float:
@@ -210,8 +211,9 @@ def run_target_phase(
 
 def _record(uri: str, experiment: str, pred: Any, parent_run_id: str) -> tuple[Any, str]:
     """Record the prediction before the target trains; a different one already recorded stands."""
+    from windtunnel.errors import PredictionLocked
     from windtunnel.orchestrator.tracking import ensure_experiment, open_client
-    from windtunnel.predict import PredictionLocked, find_prediction, prediction_from_run, record_prediction
+    from windtunnel.predict import find_prediction, prediction_from_run, record_prediction
 
     try:
         run_id, rec = record_prediction(uri, experiment, PREDICTION_KEY, pred, parent_run_id)

@@ -134,7 +134,8 @@ def plot_validation(df: Any, lawset: Any, s: dict[str, Any], path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from windtunnel.predict import PredictionError, point_from_compute
+    from windtunnel.errors import PredictionError
+    from windtunnel.predict import point_from_compute
 
     ladder = df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

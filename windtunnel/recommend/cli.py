@@ -16,11 +16,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from windtunnel.cli import UserError
+from windtunnel.errors import RecommendError, UserError
 from windtunnel.recommend.export import write_exports
 from windtunnel.recommend.laws_check import load_checked_laws
 from windtunnel.recommend.policy import recommend_with_policy
-from windtunnel.recommend.recommend import RecommendError
 from windtunnel.recommend.scale import scale_down
 from windtunnel.recommend.summary import format_table, to_json
 from windtunnel.recommend.targets import Constraints, Target, parse_count

@@ -14,9 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from trainer.config import RunConfig
+from windtunnel.errors import RecommendError
 from windtunnel.recommend.layout import EP_CHOICES, PP_CHOICES, TP_CHOICES, Layout, choose_layout
 from windtunnel.recommend.search import enumerate_candidates, family_shapes
-from windtunnel.recommend.targets import Constraints, RecommendError
+from windtunnel.recommend.targets import Constraints
 
 _RELAX_VALUES: dict[str, tuple] = {
     "activation_ratio": (1 / 128, 1 / 64, 0.025, 9 / 257, 0.05, 0.078, 0.1, 0.125, 0.25, 0.5),

@@ -1,8 +1,8 @@
 """What the recommender reads from a law set: predictions, the allocation target, EL and the loss.
 
-Laws (DESIGN.md "Law file"; Ling, "Towards Greater Leverage", arXiv 2507.17702): allocation ``m_opt``
-M_opt(C) = a·C^b (else ``d_opt``: M_opt = C / D_opt(C), else ``params_opt``); ``leverage`` EL(A, G, C);
-loss from ``parametric`` L(N, D) = E + A/N^α + B/D^β or ``frontier`` L(C) = E + A·C^−α.
+Laws (docs/DESIGN.md "Contracts", law file; Ling, "Towards Greater Leverage", arXiv 2507.17702): allocation
+``m_opt`` M_opt(C) = a·C^b (else ``d_opt``: M_opt = C / D_opt(C), else ``params_opt``); ``leverage`` EL(A, G,
+C); loss from ``parametric`` L(N, D) = E + A/N^α + B/D^β or ``frontier`` L(C) = E + A·C^−α.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from windtunnel.errors import RecommendError
 from windtunnel.recommend.search import Candidate
-from windtunnel.recommend.targets import RecommendError
 
 
 class LawSetLike(Protocol):

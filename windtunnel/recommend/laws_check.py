@@ -2,7 +2,8 @@
 
 A hand-edited file is the usual source of a bad law set; the error names the law and the key
 (``law 'lr_opt': coefficient 'b' is missing``) so one line says what to fix. Only the laws the recommender
-reads are checked (DESIGN.md "Law file" names and coefficient keys); other laws pass through untouched.
+reads are checked (docs/DESIGN.md "Contracts", law file names and coefficient keys); other laws pass through
+untouched.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from windtunnel.errors import RecommendError
 from windtunnel.laws import load_laws
 from windtunnel.laws.lawset import LawSet
-from windtunnel.recommend.targets import RecommendError
 
 _POWER = ("a", "b")
 REQUIRED_COEFFICIENTS: dict[str, tuple[str, ...]] = {

@@ -1,6 +1,6 @@
 """From a law set and a target to one RunConfig plus a summary: the recommender's core.
 
-Laws used (DESIGN.md "Law file"; Ling, "Towards Greater Leverage", arXiv 2507.17702):
+Laws used (docs/DESIGN.md "Contracts", law file; Ling, "Towards Greater Leverage", arXiv 2507.17702):
 - allocation ``m_opt``: M_opt(C) = a·C^b (M = non-embedding training FLOPs per token, C = M·D, Sec. 5).
   Fallbacks: ``d_opt`` (M_opt = C / D_opt(C)) or ``params_opt`` (match non-embedding active params).
 - hyper-parameters ``lr_opt``: η_opt(C) = a·C^b and ``batch_opt``: B_opt(C) = a·C^b tokens (Sec. 4).
@@ -32,6 +32,7 @@ from trainer.config import (
     RunConfig,
     ScheduleConfig,
 )
+from windtunnel.errors import RecommendError, one_line
 from windtunnel.recommend.feasibility import diagnose, layout_error
 from windtunnel.recommend.law_values import (
     LawSetLike,
@@ -51,7 +52,7 @@ from windtunnel.recommend.layout import (
 )
 from windtunnel.recommend.search import Candidate, enumerate_candidates, make_candidate
 from windtunnel.recommend.summary import summary_dict
-from windtunnel.recommend.targets import Constraints, RecommendError, Target
+from windtunnel.recommend.targets import Constraints, Target
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def _base_config(target: Target) -> RunConfig | None:
     try:
         return RunConfig.from_yaml(target.model_path)
     except (OSError, ValueError) as err:
-        raise RecommendError(f"--model {target.model_path}: {' '.join(str(err).split())}") from None
+        raise RecommendError(f"--model {target.model_path}: {one_line(err)}") from None
 
 
 def _options(
@@ -302,7 +303,7 @@ def _draft(lawset: LawSetLike, opt: Option, target: Target, c: Constraints, base
             )
     except ValueError as err:
         raise RecommendError(
-            f"the laws give an unusable config at C = {opt.compute:.3g}: {_one_line(err)}"
+            f"the laws give an unusable config at C = {opt.compute:.3g}: {one_line(err)}"
         ) from None
     return tokens, lr, bt, draft
 
@@ -404,7 +405,3 @@ def _name(target: Target, compute: float) -> str:
     if target.kind == "model" and target.model_path is not None:
         return f"{target.model_path.stem}-D{target.tokens:.2g}".replace("+", "")
     return f"recommend-C{compute:.2e}".replace("+", "")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())

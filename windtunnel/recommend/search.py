@@ -1,6 +1,6 @@
 """Enumerate Ling-2.0-style architectures that satisfy the constraints and land near a size target.
 
-The family (Ling 2.0 report, arXiv 2510.22115, Sec. 2; DESIGN.md "Ling 2.0 architecture"):
+The family (Ling 2.0 report, arXiv 2510.22115, Sec. 2; docs/DESIGN.md "Ling 2.0 architecture"):
 n_heads = d_model / head_dim; GQA with n_kv = the divisor of n_heads nearest max(min(4, n_heads),
 n_heads // 8) among those that are a multiple or divisor of 8, the largest tp (4, 4, 8 for Ling
 mini/flash/1T; Megatron-Core needs n_kv and tp to divide one another); routed experts E, top-k E_a and

@@ -1,6 +1,6 @@
 """What the recommender is asked for (a target) and what it must respect (constraints, hardware).
 
-Defaults follow the Ling 2.0 family (Ling 2.0 report, arXiv 2510.22115, Sec. 2 and Table 1; DESIGN.md
+Defaults follow the Ling 2.0 family (Ling 2.0 report, arXiv 2510.22115, Sec. 2 and Table 1; docs/DESIGN.md
 "Ling 2.0 architecture"): 256 routed experts, top-8, one shared expert, so A = (8 + 1)/(256 + 1) ≈ 3.5 %;
 G = 2·d_model/d_expert = 8; head dim 128; vocabulary 157,184; sequence length 4,096; first
 max(1, n_layers // 20) layers dense (1 of 20, 1 of 32, 4 of 80); dense FFN width 2.25·d_model.
@@ -33,10 +33,6 @@ def parse_count(text: str | float | int) -> float:
     if value <= 0:
         raise ValueError(f"{text!r} must be positive")
     return value
-
-
-class RecommendError(ValueError):
-    """The laws or constraints do not allow a recommendation; the message names why and what would."""
 
 
 @dataclass(frozen=True)
