@@ -112,5 +112,5 @@ def test_fit_runs_given_a_folder_is_one_line(tmp_path: Path) -> None:
     out = cli(["fit", "--runs", str(tmp_path), "--out", str(tmp_path / "laws.json")], tmp_path, 120)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     (line,) = error_lines(out.stderr, "fit")
-    assert f"--runs: {tmp_path} is a folder" in line
+    assert f"--runs {tmp_path}: is a directory" in line
     assert not (tmp_path / "laws.json").exists()

@@ -6,6 +6,7 @@ so a failed start leaves the store as it was (no experiment, no parent run, no R
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def check_local_resources(spec: SweepSpec) -> None:
 
     from windtunnel.orchestrator.raycluster import check_cluster_fits
 
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return  # a Ray this process started itself (e.g. with logical GPUs): checked on Ray's own count
     check_cluster_fits(spec, {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())})
 
 
