@@ -6,7 +6,12 @@ memory and CPU time (``resource.getrusage(RUSAGE_CHILDREN)``: ru_maxrss, ru_utim
 the figure to compare on a shared machine). Prints a table and writes
 benchmarks/results/fit_large.json.
 
-    python benchmarks/fit_large.py [--rows 200000] [--bootstrap 200] [--laws a,b] [--out FILE]
+By default every run's tokens (and so its compute C = 6·N·D) are jittered by a factor exp(U(−0.03, 0.03)), as
+in a real run table where each run's realised compute differs from its budget's nominal value (all runs stay
+in their budget: ``base.budget_labels`` groups within ±0.05 dex); ``--no-jitter`` keeps the nominal budgets
+(a handful of distinct compute values).
+
+    python benchmarks/fit_large.py [--rows 200000] [--bootstrap 200] [--laws a,b] [--no-jitter] [--out FILE]
 """
 
 from __future__ import annotations
@@ -21,15 +26,29 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from windtunnel.laws.synthetic import synthetic_runs
 
 HERE = Path(__file__).resolve().parent
 
 
-def measure(rows: int, bootstrap: int, laws: str | None, workdir: Path) -> dict:
+def run_table(rows: int, jitter: bool) -> pd.DataFrame:
+    """The synthetic table (seed 0); with ``jitter``, tokens and compute × exp(U(−0.03, 0.03)) per run
+    (seed 1), so every run has its own compute."""
+    runs = synthetic_runs(rows, seed=0)
+    if jitter:
+        f = np.exp(np.random.default_rng(1).uniform(-0.03, 0.03, len(runs)))
+        runs = runs.assign(tokens=runs["tokens"] * f, compute=runs["compute"] * f)
+    return runs
+
+
+def measure(rows: int, bootstrap: int, laws: str | None, workdir: Path, jitter: bool = True) -> dict:
     """Generate the table, run ``fit`` on it in a child process; return rows, wall_s, peak_rss_mib, rc."""
     csv = workdir / "runs.csv"
-    synthetic_runs(rows, seed=0).to_csv(csv, index=False)
+    table = run_table(rows, jitter)
+    table.to_csv(csv, index=False)
     cmd = [sys.executable, "-m", "windtunnel", "fit", "--runs", str(csv), "--out", str(workdir / "laws.json")]
     cmd += ["--bootstrap", str(bootstrap)] + (["--laws", laws] if laws else [])
     t0 = time.perf_counter()
@@ -39,6 +58,8 @@ def measure(rows: int, bootstrap: int, laws: str | None, workdir: Path) -> dict:
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("wrote")]
     return {
         "rows": rows,
+        "distinct_compute": int(table["compute"].nunique()),
+        "jitter": jitter,
         "bootstrap": bootstrap,
         "laws": laws or "default",
         "wall_s": round(wall, 1),
@@ -54,10 +75,11 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--laws", default=None)
+    ap.add_argument("--no-jitter", dest="jitter", action="store_false", help="nominal budgets' compute")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "fit_large.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.rows, args.bootstrap, args.laws, Path(tmp))
+        result = measure(args.rows, args.bootstrap, args.laws, Path(tmp), args.jitter)
     print(
         f"{'rows':>8} {'bootstrap':>9} {'laws':>10} {'wall_s':>8} {'cpu_s':>8} {'peak_rss_MiB':>12} {'rc':>3}"
     )

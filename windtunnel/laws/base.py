@@ -141,6 +141,20 @@ def bootstrap_weight_blocks(n: int, n_boot: int, rng: np.random.Generator, block
         yield W
 
 
+def bootstrap_resample_blocks(
+    n: int, n_boot: int, rng: np.random.Generator, block_elements: int | None = None
+):
+    """The resample rows of ``bootstrap_weight_blocks`` (rows 1..n_boot of ``bootstrap_weights``, same draws,
+    same order; the all-ones row 0 is left out), in blocks of at most max(1, block_elements // n) rows: a
+    bootstrap that works block by block holds O(block_elements) weights whatever n_boot and n."""
+    first = True
+    for W in bootstrap_weight_blocks(n, n_boot, rng, block_elements):
+        W = W[1:] if first else W
+        first = False
+        if len(W):
+            yield W
+
+
 def percentile_ci(samples_R: np.ndarray) -> tuple[float, float]:
     """Central 95 % percentile interval of the finite bootstrap draws (NaN if none)."""
     s = samples_R[np.isfinite(samples_R)]

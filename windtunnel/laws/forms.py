@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from windtunnel.laws.optim import batched_lbfgs, huber, polish
+from windtunnel.laws.optim import batched_lbfgs, chunked_over_problems, huber, polish
 
 LSQ = float("inf")  # Huber δ = inf: plain least squares
 
@@ -108,7 +108,7 @@ def objective(cand: Candidate, logN, logD, L, W_RN: np.ndarray, e_fixed: float |
         g_x = np.stack([s1.sum(1), s2.sum(1), s3.sum(1), -(s1 * logN).sum(1), -(s2 * logD).sum(1)], 1)
         return (w * h).sum(1), g_x @ P
 
-    return fg, P, x0_R5[0]
+    return chunked_over_problems(fg, logN.size), P, x0_R5[0]
 
 
 def grid_starts(cand: Candidate, e_fixed: float = 0.0) -> np.ndarray:

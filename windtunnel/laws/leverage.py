@@ -47,7 +47,7 @@ from windtunnel.laws.base import (
     relative_errors,
 )
 from windtunnel.laws.optim import batched_lbfgs, polish
-from windtunnel.laws.powerlaw import _bootstrap_frontier_rows, fit_frontier, frontier_points, frontier_value
+from windtunnel.laws.powerlaw import bootstrap_frontier_rows, fit_frontier, frontier_points, frontier_value
 from windtunnel.laws.registry import FitOptions, LawSpec, register
 
 LEVERAGE_KEYS = ("a", "d", "gamma", "beta", "A_start", "A_max")
@@ -279,7 +279,7 @@ def bootstrap_leverage(
     Ld_RK, Cd_RK = best_per_group(dense_groups)
     ok_R = np.isfinite(Ld_RK).sum(1) >= 3
     with np.errstate(all="ignore"):
-        xd = _bootstrap_frontier_rows(np.log(Cd_RK), np.log(Ld_RK), x_dense)
+        xd = bootstrap_frontier_rows(np.log(Cd_RK), np.log(Ld_RK), x_dense)
         Ad, Ed, alphad = np.exp(xd[:, 0:1]), np.exp(xd[:, 1:2]), xd[:, 2:3]
         Lm_RK, Cm_RK = best_per_group(cells.cell_members)
         EL_RK = ((Lm_RK - Ed) / Ad) ** (-1.0 / alphad) / Cm_RK

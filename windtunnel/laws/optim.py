@@ -21,6 +21,26 @@ from scipy.optimize import minimize
 BatchedObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+# elements (problems × points) per objective evaluation: ``chunked_over_problems`` splits larger batches, so
+# an objective's B × N temporaries stay near 16 MB each on any run table
+OBJECTIVE_CHUNK_ELEMENTS = 2_000_000
+
+
+def chunked_over_problems(fg: BatchedObjective, n_points: int, max_elements: int | None = None):
+    """``fg`` evaluated on chunks of at most max(1, max_elements // n_points) problems at a time (default
+    ``OBJECTIVE_CHUNK_ELEMENTS``): the same values (every problem's row is computed independently), memory
+    bounded by the chunk instead of B × N."""
+    rows_per = max(1, (max_elements or OBJECTIVE_CHUNK_ELEMENTS) // max(n_points, 1))
+
+    def fg_chunked(x_BP: np.ndarray, rows_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(x_BP) <= rows_per:
+            return fg(x_BP, rows_B)
+        parts = [fg(x_BP[i : i + rows_per], rows_B[i : i + rows_per]) for i in range(0, len(x_BP), rows_per)]
+        return np.concatenate([f for f, _ in parts]), np.concatenate([g for _, g in parts])
+
+    return fg_chunked
+
+
 def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber loss h_δ(r) and its derivative h'_δ(r) = clip(r, −δ, δ), element-wise."""
     abs_r = np.abs(r)

@@ -20,7 +20,7 @@ import numpy as np
 
 from windtunnel.laws.forms import CANDIDATES, PLAIN, bootstrap_candidate
 from windtunnel.laws.intervals import pi95_record, residual_scale
-from windtunnel.laws.optim import batched_lbfgs, huber, polish
+from windtunnel.laws.optim import batched_lbfgs, chunked_over_problems, huber, polish
 from windtunnel.laws.selection import fit_form, frontier_e_resamples, select_form
 
 HUBER_DELTA = 1e-3
@@ -72,7 +72,7 @@ def make_objective(
         )
         return f_B, g_BP
 
-    return fg
+    return chunked_over_problems(fg, logN.size)
 
 
 def to_coefficients(x_P: np.ndarray) -> dict[str, float]:
@@ -160,7 +160,7 @@ def fit_parametric_law(
     95 % prediction interval combines the bootstrap with the residual scale (``intervals``). The entry's
     ``selection`` names the winner and every candidate's rollout error; ``pi95`` gives sigma.
     """
-    from windtunnel.laws.base import Law, LawError, bootstrap_weights, percentile_ci
+    from windtunnel.laws.base import Law, LawError, percentile_ci
 
     rng = np.random.default_rng(0) if rng is None else rng
     N, D, L = (runs[c].to_numpy(float) for c in ("params", "tokens", "loss"))
@@ -189,9 +189,7 @@ def fit_parametric_law(
         "pi95": pi95_record(sigma_res, residual_scale(np.array(sel.rollout_log_residuals))),
     }
     if n_boot:
-        W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        e_R = frontier_e_resamples(C, L, W) if cand.fix_e else 0.0
-        x = bootstrap_candidate(cand, N, D, L, x_hat, W, e_fixed=e_R)
+        x = bootstrap_chosen(cand, N, D, L, C, x_hat, n_boot, rng)
         samples = {
             "E": np.exp(x[:, 2]),
             "A": np.exp(x[:, 0]),
@@ -204,6 +202,22 @@ def fit_parametric_law(
     if backtest:
         law.backtest = _top_budget_backtest(cand, N, D, L, C, x_hat)
     return law
+
+
+def bootstrap_chosen(
+    cand, N, D, L, C, x_hat: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """x_RP of ``n_boot`` resamples of the runs (multinomial counts, ``base.bootstrap_resample_blocks``),
+    each refitted with the chosen candidate from x_hat; for ``e_fixed``, log E is refitted on each
+    resample's frontier. Works block by block: memory O(block) whatever n_boot and the number of runs, the
+    same draws and refits as one (n_boot, N) weight matrix (each resample's refit is independent)."""
+    from windtunnel.laws.base import bootstrap_resample_blocks
+
+    x_blocks = []
+    for W_RN in bootstrap_resample_blocks(len(L), n_boot, rng):
+        e_R = frontier_e_resamples(C, L, W_RN) if cand.fix_e else 0.0
+        x_blocks.append(bootstrap_candidate(cand, N, D, L, x_hat, W_RN, e_fixed=e_R))
+    return np.concatenate(x_blocks)
 
 
 def _compute(runs, N: np.ndarray, D: np.ndarray) -> np.ndarray:

@@ -57,10 +57,8 @@ def fit_powerlaw_batched(
     xc = logx.mean()  # centre log x: keeps the problem well conditioned
     lx = logx - xc
     x0 = weighted_ols_RN(lx, logy_full, W_RN)
-    _, inv = np.unique(lx, return_inverse=True)
-    onehot_NU = np.eye(inv.max() + 1)[inv]
-    distinct_R = ((W_RN @ onehot_NU) > 0).sum(axis=1)
-    ok = np.isfinite(x0).all(1) & (distinct_R >= 2)
+    _, group_N = np.unique(lx, return_inverse=True)
+    ok = np.isfinite(x0).all(1) & (distinct_weighted_groups(group_N.reshape(-1), W_RN) >= 2)
 
     out = np.full((W_RN.shape[0], 2), np.nan)
     if ok.any():
@@ -79,6 +77,20 @@ def fit_powerlaw_batched(
         out[rows, 0] = np.exp(p[:, 0] - p[:, 1] * xc)
         out[rows, 1] = p[:, 1]
     return out
+
+
+def distinct_weighted_groups(group_N: np.ndarray, W_RN: np.ndarray) -> np.ndarray:
+    """Per weight row r, the number of distinct groups g holding a run with positive weight:
+    |{group_N[i] : W_RN[r, i] > 0}|, the row count of nonzero columns of W_RN·onehot(group_N).
+
+    A grouped reduction over the (row, group) keys of the positive entries (sort-unique, then a bincount
+    per row): O(R·N) memory, where the dense W_RN·onehot(group_N) takes R·U + N·U for U distinct groups
+    (U ≈ N on run tables whose runs all have their own compute)."""
+    R = W_RN.shape[0]
+    U = int(group_N.max()) + 1 if group_N.size else 1
+    row_R, col = np.nonzero(W_RN > 0)
+    keys = np.unique(row_R.astype(np.int64) * U + group_N[col])
+    return np.bincount(keys // U, minlength=R)
 
 
 def frontier_points(compute_N: np.ndarray, loss_N: np.ndarray, budget_N: np.ndarray) -> np.ndarray:
@@ -164,7 +176,7 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
     from windtunnel.laws.base import (
         Law,
         LawError,
-        bootstrap_weights,
+        bootstrap_resample_blocks,
         budget_labels,
         percentile_ci,
         relative_errors,
@@ -187,8 +199,12 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
         notes={"points": [[float(C[i]), float(L[i])] for i in fp]},
     )
     if n_boot:
-        W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        x = bootstrap_frontier_resamples(C, L, labels, W, x_hat)
+        points = [
+            frontier_resample_points(C, L, labels, W)
+            for W in bootstrap_resample_blocks(len(runs), n_boot, rng)
+        ]
+        logC_RK, logL_RK = (np.concatenate(p) for p in zip(*points, strict=True))
+        x = bootstrap_frontier_rows(logC_RK, logL_RK, x_hat)
         with np.errstate(over="ignore"):
             samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
@@ -224,16 +240,30 @@ def bootstrap_frontier_resamples(
 ) -> np.ndarray:
     """Frontier refits, one per resample (row of multinomial ``W_RN`` over runs), started at x_hat; returns
     x_RP = (log A, log E, alpha). In each resample a budget's frontier point is the best loss among its drawn
-    runs (vectorised as a masked minimum)."""
+    runs (``frontier_resample_points``)."""
+    return bootstrap_frontier_rows(*frontier_resample_points(C, L, labels, W_RN), x_hat)
+
+
+def frontier_resample_points(
+    C: np.ndarray, L: np.ndarray, labels: np.ndarray, W_RN: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(log C, log L) of each resample's frontier points, (R, K) each for K budget labels: a budget's point is
+    its lowest-loss run among those drawn (weight > 0; a masked minimum), log L = +inf where none was drawn.
+    Memory O(R·N): callers pass blocks of resamples (``base.bootstrap_resample_blocks``)."""
     K = int(labels.max()) + 1
-    Lm = np.where(W_RN > 0, L[None, :], np.inf)
-    bestL_RK = np.stack([Lm[:, labels == k].min(1) for k in range(K)], 1)
-    argbest = np.stack([np.flatnonzero(labels == k)[np.argmin(Lm[:, labels == k], 1)] for k in range(K)], 1)
+    Lm_RN = np.where(W_RN > 0, L[None, :], np.inf)
+    bestL_RK = np.empty((W_RN.shape[0], K))
+    argbest_RK = np.empty((W_RN.shape[0], K), dtype=int)
+    for k in range(K):
+        members = np.flatnonzero(labels == k)
+        Lk = Lm_RN[:, members]
+        argbest_RK[:, k] = members[np.argmin(Lk, 1)]
+        bestL_RK[:, k] = Lk.min(1)
     with np.errstate(divide="ignore"):
-        return _bootstrap_frontier_rows(np.log(C[argbest]), np.log(bestL_RK), x_hat)
+        return np.log(C[argbest_RK]), np.log(bestL_RK)
 
 
-def _bootstrap_frontier_rows(logC_RK: np.ndarray, logL_RK: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+def bootstrap_frontier_rows(logC_RK: np.ndarray, logL_RK: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     """Frontier refits where each row has its own points (logC_RK, logL_RK); started at x_hat.
 
     A budget none of whose runs was drawn in a resample (best loss +inf) gets weight 0 in that row.
