@@ -17,7 +17,7 @@ class LawError(ValueError):
 
 @dataclass
 class Law:
-    """One laws.json entry (DESIGN.md "Contracts").
+    """One laws.json entry (docs/DESIGN.md "Contracts").
 
     ``samples`` (bootstrap coefficient draws, used for prediction intervals) and ``notes`` (warnings,
     per-budget
@@ -33,7 +33,7 @@ class Law:
     backtest: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    # further top-level entry keys of DESIGN.md's contract ("pi95", "selection"), written and read as they are
+    # further top-level keys of a laws.json entry ("pi95", "selection"; docs/DESIGN.md), read and written as is
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The built-in law set ``ling``: published Ling coefficients (DESIGN.md "Published laws to reproduce").
+"""The built-in law set ``ling``: published Ling coefficients (docs/DESIGN.md "Published laws to reproduce").
 
 Sources: Ling "Towards Greater Leverage" (arXiv 2507.17702) — η_opt = 1.1576·C^−0.1529, B_opt =
 0.0694·C^0.3644

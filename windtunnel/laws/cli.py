@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from windtunnel.cli import UserError
+from windtunnel.errors import UserError
 from windtunnel.laws.lawset import LawSet, fit_laws
 from windtunnel.laws.registry import law_names
 from windtunnel.laws.selection import selection_lines
@@ -18,7 +18,7 @@ from windtunnel.laws.selection import selection_lines
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--runs", type=Path, help="run table CSV (DESIGN.md run-table columns)")
+    src.add_argument("--runs", type=Path, help="run table CSV (columns: see docs/DESIGN.md, Contracts)")
     src.add_argument("--experiment", help="MLflow experiment name")
     parser.add_argument(
         "--tracking-uri",

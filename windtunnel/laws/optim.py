@@ -13,6 +13,7 @@ h'_δ(r) = clip(r, −δ, δ).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
@@ -48,6 +49,84 @@ def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return value, np.clip(r, -delta, delta)
 
 
+def _two_loop_direction(
+    g: np.ndarray, S_MP: np.ndarray, Y_MP: np.ndarray, rho_M: np.ndarray, has_mem: np.ndarray
+) -> np.ndarray:
+    """L-BFGS search direction d = -H·g for each row (Nocedal & Wright Alg. 7.4, stored pairs newest last);
+    rows without memory take a small steepest-descent step scaled to the gradient."""
+    memory = S_MP.shape[1]
+    q = g.copy()
+    alpha_M = np.zeros((g.shape[0], memory))
+    for j in range(memory - 1, -1, -1):
+        s, y, rho = S_MP[:, j], Y_MP[:, j], rho_M[:, j]
+        a = rho * np.einsum("bp,bp->b", s, q)
+        alpha_M[:, j] = a
+        q -= a[:, None] * y
+    s_new, y_new = S_MP[:, -1], Y_MP[:, -1]
+    yy = np.einsum("bp,bp->b", y_new, y_new)
+    gamma = np.where(has_mem & (yy > 0), np.einsum("bp,bp->b", s_new, y_new) / np.maximum(yy, 1e-300), 0.0)
+    first = gamma <= 0
+    gamma = np.where(first, 1e-3 / np.maximum(np.abs(g).max(axis=1), 1e-12), gamma)
+    r = gamma[:, None] * q
+    for j in range(memory):
+        s, y, rho = S_MP[:, j], Y_MP[:, j], rho_M[:, j]
+        b_ = rho * np.einsum("bp,bp->b", y, r)
+        r += s * (alpha_M[:, j] - b_)[:, None]
+    return -r
+
+
+def _armijo_search(
+    fg: BatchedObjective, x_RP: np.ndarray, d: np.ndarray, f0: np.ndarray, slope: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Backtracking Armijo line search per row (c1 = 1e-4, shrink 0.3, 30 tries); returns
+    (t, x_new, f_new, g_new)."""
+    t = np.ones(rows.size)
+    x_new = x_RP + d
+    f_new, g_new = fg(x_new, rows)
+    for _ls in range(30):
+        ok = np.isfinite(f_new) & (f_new <= f0 + 1e-4 * t * slope)
+        if ok.all():
+            break
+        redo = np.flatnonzero(~ok)
+        t[redo] *= 0.3
+        x_new[redo] = x_RP[redo] + t[redo, None] * d[redo]
+        f_r, g_r = fg(x_new[redo], rows[redo])
+        f_new[redo], g_new[redo] = f_r, g_r
+    return t, x_new, f_new, g_new
+
+
+@dataclass
+class _Memory:
+    """The L-BFGS pairs (s, y, rho = 1/s·y) of B problems, newest last."""
+
+    S_BMP: np.ndarray
+    Y_BMP: np.ndarray
+    rho_BM: np.ndarray
+    n_mem_B: np.ndarray
+
+    @classmethod
+    def empty(cls, B: int, memory: int, P: int) -> _Memory:
+        return cls(
+            np.zeros((B, memory, P)), np.zeros((B, memory, P)), np.zeros((B, memory)), np.zeros(B, int)
+        )
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.n_mem_B[rows] = 0
+        self.S_BMP[rows] = 0
+        self.Y_BMP[rows] = 0
+        self.rho_BM[rows] = 0
+
+    def push(self, u: np.ndarray, s: np.ndarray, y: np.ndarray, sy: np.ndarray) -> None:
+        """Shift rows ``u``'s memory and store the new pair."""
+        self.S_BMP[u] = np.roll(self.S_BMP[u], -1, axis=1)
+        self.Y_BMP[u] = np.roll(self.Y_BMP[u], -1, axis=1)
+        self.rho_BM[u] = np.roll(self.rho_BM[u], -1, axis=1)
+        self.S_BMP[u, -1] = s
+        self.Y_BMP[u, -1] = y
+        self.rho_BM[u, -1] = 1.0 / sy
+        self.n_mem_B[u] = np.minimum(self.n_mem_B[u] + 1, self.S_BMP.shape[1])
+
+
 def batched_lbfgs(
     fg: BatchedObjective,
     x0_BP: np.ndarray,
@@ -62,13 +141,9 @@ def batched_lbfgs(
     """
     x_BP = np.array(x0_BP, dtype=float, copy=True)
     B, P = x_BP.shape
-    rows_all = np.arange(B)
-    f_B, g_BP = fg(x_BP, rows_all)
+    f_B, g_BP = fg(x_BP, np.arange(B))
     f_B = np.where(np.isfinite(f_B), f_B, np.inf)
-    S_BMP = np.zeros((B, memory, P))
-    Y_BMP = np.zeros((B, memory, P))
-    rho_BM = np.zeros((B, memory))
-    n_mem_B = np.zeros(B, dtype=int)
+    mem = _Memory.empty(B, memory, P)
     n_iter_B = np.zeros(B, dtype=int)
     active_B = np.isfinite(f_B) & (np.abs(g_BP).max(axis=1) > gtol)
     for _ in range(max_iter):
@@ -76,65 +151,21 @@ def batched_lbfgs(
         if rows.size == 0:
             break
         g = g_BP[rows]
-        # two-loop recursion over the stored pairs (newest last), vectorised over rows
-        q = g.copy()
-        alpha_M = np.zeros((rows.size, memory))
-        for j in range(memory - 1, -1, -1):
-            s, y, rho = S_BMP[rows, j], Y_BMP[rows, j], rho_BM[rows, j]
-            a = rho * np.einsum("bp,bp->b", s, q)
-            alpha_M[:, j] = a
-            q -= a[:, None] * y
-        s_new, y_new = S_BMP[rows, -1], Y_BMP[rows, -1]
-        yy = np.einsum("bp,bp->b", y_new, y_new)
-        gamma = np.where(
-            (n_mem_B[rows] > 0) & (yy > 0), np.einsum("bp,bp->b", s_new, y_new) / np.maximum(yy, 1e-300), 0.0
-        )
-        # first step: a small steepest-descent step scaled to the gradient
-        first = gamma <= 0
-        gamma = np.where(first, 1e-3 / np.maximum(np.abs(g).max(axis=1), 1e-12), gamma)
-        r = gamma[:, None] * q
-        for j in range(memory):
-            s, y, rho = S_BMP[rows, j], Y_BMP[rows, j], rho_BM[rows, j]
-            b_ = rho * np.einsum("bp,bp->b", y, r)
-            r += s * (alpha_M[:, j] - b_)[:, None]
-        d = -r
+        d = _two_loop_direction(g, mem.S_BMP[rows], mem.Y_BMP[rows], mem.rho_BM[rows], mem.n_mem_B[rows] > 0)
         slope = np.einsum("bp,bp->b", g, d)
         bad = ~(slope < 0)  # not a descent direction: restart with steepest descent
         if bad.any():
             d[bad] = -g[bad] * (1e-3 / np.maximum(np.abs(g[bad]).max(axis=1), 1e-12))[:, None]
             slope[bad] = np.einsum("bp,bp->b", g[bad], d[bad])
-            n_mem_B[rows[bad]] = 0
-            S_BMP[rows[bad]] = 0
-            Y_BMP[rows[bad]] = 0
-            rho_BM[rows[bad]] = 0
-        # backtracking Armijo line search, per row
-        t = np.ones(rows.size)
+            mem.reset(rows[bad])
         f0 = f_B[rows]
-        x_new = x_BP[rows] + d
-        f_new, g_new = fg(x_new, rows)
-        for _ls in range(30):
-            ok = np.isfinite(f_new) & (f_new <= f0 + 1e-4 * t * slope)
-            if ok.all():
-                break
-            redo = np.flatnonzero(~ok)
-            t[redo] *= 0.3
-            x_new[redo] = x_BP[rows[redo]] + t[redo, None] * d[redo]
-            f_r, g_r = fg(x_new[redo], rows[redo])
-            f_new[redo], g_new[redo] = f_r, g_r
+        t, x_new, f_new, g_new = _armijo_search(fg, x_BP[rows], d, f0, slope, rows)
         ok = np.isfinite(f_new) & (f_new <= f0 + 1e-4 * t * slope)
         s_step = x_new - x_BP[rows]
         y_step = g_new - g
         sy = np.einsum("bp,bp->b", s_step, y_step)
         upd = ok & (sy > 1e-300)
-        # shift memory and store the new pair
-        u = rows[upd]
-        S_BMP[u] = np.roll(S_BMP[u], -1, axis=1)
-        Y_BMP[u] = np.roll(Y_BMP[u], -1, axis=1)
-        rho_BM[u] = np.roll(rho_BM[u], -1, axis=1)
-        S_BMP[u, -1] = s_step[upd]
-        Y_BMP[u, -1] = y_step[upd]
-        rho_BM[u, -1] = 1.0 / sy[upd]
-        n_mem_B[u] = np.minimum(n_mem_B[u] + 1, memory)
+        mem.push(rows[upd], s_step[upd], y_step[upd], sy[upd])
         acc = rows[ok]
         x_BP[acc] = x_new[ok]
         f_B[acc] = f_new[ok]
