@@ -33,7 +33,7 @@ class Law:
     backtest: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    # further top-level keys of a laws.json entry ("pi95", "selection"; docs/DESIGN.md), read and written as is
+    # further top-level keys of a laws.json entry ("pi95", "selection"; docs/DESIGN.md), kept as is
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
