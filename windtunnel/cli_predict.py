@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tgt.add_argument("--compute", type=_count, help="budget C = M·D in FLOPs: the compute-optimal run's loss")
     parser.add_argument("--tokens", type=_count, help="training tokens D for --model, e.g. 1.1e7 or 11M")
     parser.add_argument(
-        "--law", default="auto", help="parametric | frontier | auto (parametric when the set has it)"
+        "--law",
+        default="auto",
+        help="parametric | frontier | auto (the loss law with the smaller backtest error)",
     )
     parser.add_argument("--out", type=Path, help="write the prediction as JSON here")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from trainer.config import RunConfig
-    from windtunnel.laws import load_laws
+    from windtunnel.errors import RecommendError
     from windtunnel.predict import (
         PredictionError,
         format_prediction,
@@ -55,15 +57,16 @@ def main(args: argparse.Namespace) -> int:
         predict_loss,
         record_prediction,
     )
+    from windtunnel.recommend.laws_check import load_checked_laws
 
     if args.model is not None and args.tokens is None:
         raise UserError("--tokens: required with --model (training tokens D)")
     if args.compute is not None and args.tokens is not None:
         raise UserError("--tokens: give it with --model only (--compute takes D from the allocation law)")
     try:
-        lawset = load_laws(args.laws)
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"--laws {args.laws}: cannot load ({one_line(err)})") from None
+        lawset = load_checked_laws(args.laws)  # the check `recommend` runs: every coefficient present, finite
+    except RecommendError as err:
+        raise UserError(f"--laws: {one_line(err)}") from None
     try:
         if args.model is not None:
             try:
