@@ -19,7 +19,7 @@ python -m pip install -q -e ".${extras}" "torch==2.13.0"
 # transformers >= 5 pulls the Hub's `kernels` package, whose top-level name shadows this repository's
 # kernels/ package in site-packages; transformers needs it only to fetch Hub kernels, which we never do
 if python -m pip show -q kernels >/dev/null 2>&1; then python -m pip uninstall -q -y kernels; fi
-# checked from outside the repository (where the working directory no longer shadows site-packages)
+# checked from outside the repository, where the working directory does not shadow site-packages
 repo=$(pwd)
 (cd / && python -c "import kernels, pathlib, sys; sys.exit(pathlib.Path(kernels.__file__).resolve().parent != pathlib.Path('$repo', 'kernels').resolve())") \
   || { echo "setup: 'import kernels' outside the repository does not find its kernels/ package" >&2; exit 1; }
