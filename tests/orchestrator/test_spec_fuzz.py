@@ -160,7 +160,8 @@ def test_numbers_give_a_valid_plan_or_one_line(
     for path, value in edits:
         _set(spec, path, value)
     rc = _check(tmp_path, spec, store)
-    bad = [v for _, v in edits if isinstance(v, float) and not math.isfinite(v)]
+    final = dict(edits)  # a field edited twice keeps its last value: that is the number the YAML holds
+    bad = [v for v in final.values() if isinstance(v, float) and not math.isfinite(v)]
     assert not bad or rc == 2  # a non-finite number is never accepted
 
 
