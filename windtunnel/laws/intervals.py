@@ -7,7 +7,7 @@ the law's own misfit beyond the fit range. The second is measured, in log-loss u
     sigma² = sigma_res² + sigma_roll²,
 
 sigma_res = RMS in-sample log residual of the fit, sigma_roll = RMS log error of the chosen form when it
-predicted the held-out largest budgets of its own fit set (``selection.select_form``). The two are added in
+predicted the held-out largest models of its own fit set (``selection.select_form``). The two are added in
 quadrature on each side (a normal approximation, as in regression prediction intervals: Seber & Lee 2003,
 §5.3, ŷ ± t·sqrt(s² + se(ŷ)²)):
 
