@@ -94,8 +94,11 @@ def test_target_sized_from_the_m_opt_law() -> None:
 def test_validation_sweeps_expand_and_dry_run(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = ROOT / "experiments" / f"{name}.yaml"
     assert cli_main(["run", str(path), "--dry-run"]) == 0
-    assert "trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trials" in out
     spec, plan = load_and_expand(path)
+    # the dry run describes the validation phase after the ladder, at its compute
+    assert f"then target: C = {spec.target.target_compute(max(t.budget for t in plan.trials)):.3g}" in out
     check_target(spec)
     assert spec.target is not None and spec.target.extrapolation >= 30 and len(spec.target.seeds) >= 3
     budgets = sorted({t.budget for t in plan.trials})

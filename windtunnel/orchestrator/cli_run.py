@@ -70,6 +70,25 @@ def plan_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def target_lines(spec: SweepSpec) -> list[str]:
+    """The validation phase a ``target:`` block adds after the ladder (sized at fit time, so only its
+    compute, seeds and policy are known before the sweep runs)."""
+    from windtunnel.orchestrator.validation import ladder_studies
+
+    t = spec.target
+    if t is None:
+        return []
+    top = max((c for s in ladder_studies(spec) for c in (s.ladder.budgets or [])), default=float("nan"))
+    c = t.target_compute(top)
+    size = "the fixed target.model" if t.model else "N from the ladder's own m_opt law (fitted after the ladder)"
+    when = "recorded in MLflow before it trains" if t.predict_before else "not recorded before it trains"
+    return [
+        f"then target: C = {c:.3g} FLOPs ({c / top:.3g}x the ladder's largest budget), "
+        f"{size}, {len(t.seeds)} seed(s) {t.seeds}, lr/batch from {t.hparams}; "
+        f"prediction by law {t.law}, {when}"
+    ]
+
+
 def tracking_uri(flag: str | None, spec: SweepSpec) -> str:
     """``--tracking-uri``, else the YAML's ``tracking_uri`` if it sets one, else ``$MLFLOW_TRACKING_URI``,
     else the spec's default (``sqlite:///mlflow.db``)."""
@@ -86,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
     except SpecError as err:
         raise UserError(str(err)) from None
     if args.dry_run:
-        print("\n".join(plan_lines(plan)))
+        print("\n".join(plan_lines(plan) + target_lines(spec)))
         return 0
     planned_s = run_preamble(spec, plan, args.budget, args.tracking_uri)  # totals; refuses over budget
     from windtunnel.errors import SweepBusy
