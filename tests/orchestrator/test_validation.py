@@ -99,7 +99,12 @@ def test_predict_record_train_compare(tmp_path: Path) -> None:
     assert float(pred_run.data.params["predicted"]) == summary["predicted_loss"]
     parent = next(r for r in search_all(client, exp.experiment_id, f"tags.`{ROLE}` = 'parent'"))
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "validation")}
-    assert names == {"validation/summary.json", "validation/prediction_vs_observed.png"}
+    assert names == {
+        "validation/summary.json",
+        "validation/prediction_vs_observed.png",
+        "validation/target_curves.png",
+    }
+    assert summary["commit"]  # the code the study started with (read by the driver at start)
 
     # a second run: nothing trains again, the recorded prediction stands
     again = _run(spec_path, tmp_path)

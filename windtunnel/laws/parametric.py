@@ -152,7 +152,7 @@ def predict_parametric(x_P: np.ndarray, N: np.ndarray, D: np.ndarray) -> np.ndar
 def fit_parametric_law(
     runs, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True
 ):
-    """``parametric`` law from the run table's params, tokens, loss (and compute, for E fixed from the frontier).
+    """``parametric`` law from the run table's params, tokens, loss (and compute, for the frontier's E).
 
     The form is chosen among ``forms.CANDIDATES`` by a rollout backtest inside these runs
     (``selection.select_form``); the winner is refitted on all runs, bootstrapped (resampled runs, batched

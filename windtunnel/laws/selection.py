@@ -45,7 +45,8 @@ class Selection:
             "chosen": self.chosen,
             "candidates": dict(self.errors),
             "holdout": {
-                "rule": f"per fold, the runs of the top ceil(K*f) of K model sizes, f in {list(HOLDOUT_FRACTIONS)}",
+                "rule": "per fold, the runs of the top ceil(K*f) of K model sizes, "
+                f"f in {list(HOLDOUT_FRACTIONS)}",
                 "folds": self.folds,
                 "error": "mean over folds of mean |log L_pred - log L| on the held-out runs",
             },

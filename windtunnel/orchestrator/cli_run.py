@@ -80,7 +80,7 @@ def target_lines(spec: SweepSpec) -> list[str]:
         return []
     top = max((c for s in ladder_studies(spec) for c in (s.ladder.budgets or [])), default=float("nan"))
     c = t.target_compute(top)
-    size = "the fixed target.model" if t.model else "N from the ladder's own m_opt law (fitted after the ladder)"
+    size = "the fixed target.model" if t.model else "N from the ladder's m_opt law (fitted after the ladder)"
     when = "recorded in MLflow before it trains" if t.predict_before else "not recorded before it trains"
     return [
         f"then target: C = {c:.3g} FLOPs ({c / top:.3g}x the ladder's largest budget), "

@@ -160,8 +160,11 @@ def _run_locked(
         with_retry,
     )
     from windtunnel.orchestrator.validation import check_target
+    from windtunnel.orchestrator.validation_report import source_commit
 
     check_target(spec)  # a target the ladder cannot size fails now, not after the ladder
+    if spec.target is not None:
+        source_commit()  # the summary names the code the study started with
     client = open_client(uri)
     exp_id = ensure_experiment(client, spec.name)
     parent_id = ensure_parent_run(

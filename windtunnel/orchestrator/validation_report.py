@@ -13,6 +13,7 @@ the train split's tokens), ``alternatives`` (the other loss law's prediction), `
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import shlex
@@ -32,7 +33,10 @@ def _command() -> str:
     return shlex.join(sys.argv)
 
 
-def _commit() -> str:
+@functools.cache
+def source_commit() -> str:
+    """The repository's HEAD, read once per process: the driver reads it when the sweep starts, so a
+    study's summary names the code it ran, not a commit made while it was running."""
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
@@ -94,7 +98,7 @@ def build_summary(df: Any, pred: Any, cfgs: list[Any], c_target: float) -> dict[
         "alternatives": pred.alternatives,
         "command": _command(),
         "date": _dt.datetime.now(_dt.UTC).date().isoformat(),
-        "commit": _commit(),
+        "commit": source_commit(),
     }
     if len(ladder):
         biggest = ladder.loc[ladder["params"].idxmax()]
@@ -174,6 +178,47 @@ def plot_validation(df: Any, lawset: Any, s: dict[str, Any], path: Path) -> Path
     return path
 
 
+def plot_target_curves(client: Any, df: Any, cfgs: list[Any], s: dict[str, Any], path: Path) -> Path | None:
+    """Validation loss against tokens for every target seed, with the prediction and its 95 % interval at
+    the end: where seeds part during training, the spread of their final losses is training dynamics
+    (a plateau one seed leaves early), not evaluation noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seed_of = {c.config_hash(): c.seed for c in cfgs}
+    target = df[(df["study"] == TARGET_STUDY) & df["config_hash"].isin(seed_of)]
+    if not len(target):
+        return None
+    tokens_per_step = cfgs[0].optim.batch_size * cfgs[0].model.seq_len
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for run_id, h in zip(target["run_id"], target["config_hash"], strict=True):
+        hist = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_loss"))
+        if hist:
+            steps, vals = zip(*hist, strict=True)
+            ax.plot(np.array(steps) * tokens_per_step, vals, "-", lw=1.2, label=f"seed {seed_of[h]}")
+    lo, hi = s["pi95"]
+    end = cfgs[0].optim.tokens
+    ax.errorbar(
+        [end],
+        [s["predicted_loss"]],
+        yerr=[[s["predicted_loss"] - lo], [hi - s["predicted_loss"]]],
+        fmt="o",
+        c="k",
+        capsize=4,
+        label="prediction, 95% PI",
+    )
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title("target runs during training, one line per seed")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     spec: Any,
     df: Any,
@@ -204,6 +249,8 @@ def write_report(
     if len(df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]):
         paths.append(plot_validation(df, lawset, s, out_dir / "prediction_vs_observed.png"))
     client = MlflowClient(tracking_uri)
+    curves = plot_target_curves(client, df, cfgs, s, out_dir / "target_curves.png")
+    paths += [curves] if curves is not None else []
     for path in paths:
         log_artifact(client, parent_run_id, path, "validation")
     summary.extend(table_lines(s))
