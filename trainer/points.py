@@ -1,7 +1,8 @@
 """Many (N, D, loss) points from one run: WSM merges or WSD cooldown branches at token fractions f_k.
 
-A run of T updates with ``points: {at_fractions: [f_1, ..., f_K], mode: ...}`` (``trainer.config.PointsConfig``)
-takes point k after s_k = round(f_k·T) updates, i.e. at D_k = s_k·B tokens (B = tokens per batch):
+A run of T updates with ``points: {at_fractions: [f_1, ..., f_K], mode: ...}``
+(``trainer.config.PointsConfig``) takes point k after s_k = round(f_k·T) updates, i.e. at D_k = s_k·B
+tokens (B = tokens per batch):
 
 - ``wsm`` (WSM, Tian et al., arXiv 2507.17634, Sec. 3): the model at D_k is the merge θ̂_k = Σ_j c_j θ_{n+j}
   of the constant-LR checkpoints that a WSM run of s_k updates would merge: ``merge_checkpoint_steps(s_k,
@@ -14,8 +15,8 @@ takes point k after s_k = round(f_k·T) updates, i.e. at D_k = s_k·B tokens (B 
   or d/(1-d) (d = ``schedule.decay_fraction``) so a branch decays over the share d of its tokens, as the
   run's own final decay does. The branch trains b_k·B extra tokens.
 
-The point at f = 1 is the run itself: its ``val_loss`` (the merged model's for WSM, the decayed one's for WSD),
-with no extra training. Each point's loss is the mean LM loss over the run's own validation batches.
+The point at f = 1 is the run itself: its ``val_loss`` (the merged model's for WSM, the decayed one's for
+WSD), with no extra training. Each point's loss is the mean LM loss over the run's own validation batches.
 
 Each point is reported through the trainer's report callback at the parent step s_k (s_K = T for f = 1) as
 ``point_fraction``, ``point_step``, ``point_at_tokens`` (D_k), ``point_tokens`` (D_k + b_k·B: the tokens the
@@ -62,7 +63,8 @@ class PointSpec:
 
 
 def branch_ratio(cfg: RunConfig) -> float:
-    """r = b_k/s_k of a WSD branch: ``points.branch_fraction``, else d/(1-d), d = ``schedule.decay_fraction``."""
+    """r = b_k/s_k of a WSD branch: ``points.branch_fraction``, else d/(1-d) with d =
+    ``schedule.decay_fraction``."""
     pts = cfg.points
     if pts is not None and pts.branch_fraction is not None:
         return pts.branch_fraction
