@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -175,19 +183,24 @@ class PointsConfig(_Strict):
         "branch decays over the same share of its tokens as the run's own final decay",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> PointsConfig:
-        f = self.at_fractions
+    @field_validator("at_fractions")
+    @classmethod
+    def _fractions(cls, f: list[float]) -> list[float]:
         bad = [x for x in f if not 0 < x <= 1]
         if bad:
-            raise ValueError(f"at_fractions: {bad[0]} is outside (0, 1]")
+            raise ValueError(f"{bad[0]} is outside (0, 1]")
         if len(set(f)) != len(f):
-            raise ValueError(f"at_fractions: {sorted({x for x in f if f.count(x) > 1})[0]} is repeated")
+            raise ValueError(f"{sorted({x for x in f if f.count(x) > 1})[0]} is repeated")
         if f != sorted(f):
-            raise ValueError(f"at_fractions: must be ascending, got {f}")
-        if self.mode == "wsm" and self.branch_fraction is not None:
-            raise ValueError("branch_fraction: only used by mode wsd")
-        return self
+            raise ValueError(f"must be ascending, got {f}")
+        return f
+
+    @field_validator("branch_fraction")
+    @classmethod
+    def _branch(cls, r: float | None, info: ValidationInfo) -> float | None:
+        if r is not None and info.data.get("mode") == "wsm":
+            raise ValueError("only used by mode wsd")
+        return r
 
 
 class PrecisionConfig(_Strict):

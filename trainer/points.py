@@ -107,7 +107,7 @@ def check_points(cfg: RunConfig) -> None:
     steps = [int(round(f * T)) for f in pts.at_fractions]
     for f, s in zip(pts.at_fractions, steps, strict=True):
         if s < 1:
-            raise ValueError(f"points.at_fractions: {f} is less than one update of this run's {T}")
+            raise ValueError(f"points.at_fractions: {f} is less than one update of this run's {T} updates")
     for i in range(1, len(steps)):
         if steps[i] == steps[i - 1]:
             a, b = pts.at_fractions[i - 1], pts.at_fractions[i]
