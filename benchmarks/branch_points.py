@@ -4,13 +4,16 @@ For each model size N, one parent run with ``points: {at_fractions: FRACTIONS, m
 for each f_k < 1 an independent run of the same config (same seed, data and warmup fraction, no points)
 trains D_k = s_k·B tokens (WSM: merged at its own end; WSD: decayed over the branch's b_k updates at its
 end) and its final validation loss is compared with the parent's point at D_k (same validation batches).
+Its warmup is a fraction of its own (shorter) run, as a sweep would train it; a second independent run with
+the parent's warmup in updates separates the warmup's share of the difference from the merge/branch's own.
 The seed noise of the comparison: the independent run of one pair with ``--noise-seeds`` more seeds, sample
 standard deviation (ddof = 1) over all its seeds.
 
     python benchmarks/branch_points.py [--mode wsm|wsd] [--d-models 32,48] [--tokens 800000]
         [--fractions 0.25,0.5,1.0] [--noise-seeds 1,2] [--out benchmarks/results/branch_points.json]
 
-Writes ``branch_point_max_abs_diff`` (nats; max over pairs of |point − independent|), the rows, the seed
+Writes ``branch_point_max_abs_diff`` (nats; max over pairs of |point − independent|),
+``max_abs_diff_same_warmup`` (the same against the parent's-warmup runs), the rows, the seed
 noise, the command, date, commit and wall time. Runs the trainer directly (no Ray), one thread.
 """
 
@@ -32,6 +35,7 @@ from trainer.config import RunConfig
 from trainer.flops import count_params
 from trainer.loop import train
 from trainer.points import point_specs
+from trainer.schedule import LRSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,9 +65,12 @@ def base_config(d_model: int, tokens: int, mode: str, seed: int = 0) -> dict[str
     }
 
 
-def independent(parent: RunConfig, step: int, branch_steps: int, seed: int) -> RunConfig:
+def independent(
+    parent: RunConfig, step: int, branch_steps: int, seed: int, same_warmup: bool = False
+) -> RunConfig:
     """The run a researcher would train to D_k: the parent's config without points, ending at D_k (WSD: plus
-    the branch, decayed over it)."""
+    the branch, decayed over it). Its warmup is the same fraction of its own steps; with ``same_warmup`` it
+    is the parent's warmup in updates (the point's own prefix), which isolates the merge/branch itself."""
     data = parent.model_dump(mode="json")
     data.pop("points", None)
     total = step + branch_steps
@@ -71,7 +78,13 @@ def independent(parent: RunConfig, step: int, branch_steps: int, seed: int) -> R
     data["seed"] = seed
     if branch_steps:
         data["schedule"]["decay_fraction"] = branch_steps / total
-    return RunConfig.from_dict(data)
+    w = LRSchedule.from_config(parent).warmup_steps
+    if same_warmup:
+        data["schedule"]["warmup_fraction"] = (w + 0.25) / total  # rounds to w updates
+    cfg = RunConfig.from_dict(data)
+    if same_warmup and LRSchedule.from_config(cfg).warmup_steps != w:
+        raise ValueError(f"independent run at {step} updates: warmup is not the parent's {w} updates")
+    return cfg
 
 
 def compare_size(d_model: int, args: argparse.Namespace) -> tuple[list[dict[str, Any]], RunConfig]:
@@ -89,6 +102,7 @@ def compare_size(d_model: int, args: argparse.Namespace) -> tuple[list[dict[str,
             continue
         alone = train(independent(parent_cfg, spec.step, spec.branch_steps, seed=0))
         diff = p["point_val_loss"] - alone.val_loss
+        same = train(independent(parent_cfg, spec.step, spec.branch_steps, seed=0, same_warmup=True))
         rows.append(
             {
                 "d_model": d_model,
@@ -99,10 +113,13 @@ def compare_size(d_model: int, args: argparse.Namespace) -> tuple[list[dict[str,
                 "point_loss": p["point_val_loss"],
                 "independent_loss": alone.val_loss,
                 "diff": diff,
+                "same_warmup_loss": same.val_loss,
+                "diff_same_warmup": p["point_val_loss"] - same.val_loss,
             }
         )
         print(
             f"  f={p['point_fraction']:<5} point {p['point_val_loss']:.4f} independent {alone.val_loss:.4f}"
+            f" (parent's warmup: {same.val_loss:.4f})"
         )
     return rows, parent_cfg
 
@@ -128,13 +145,15 @@ def _commit() -> str:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| N (non-emb.) | d_model | f_k | D_k | point loss | independent loss | diff (nats) |",
-        "|---" * 7 + "|",
+        "| N (non-emb.) | d_model | f_k | D_k | point loss | independent loss | diff (nats) "
+        "| indep., parent's warmup | diff (nats) |",
+        "|---" * 9 + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['N']:,} | {r['d_model']} | {r['fraction']} | {r['D_k']:,} | {r['point_loss']:.4f} "
-            f"| {r['independent_loss']:.4f} | {r['diff']:+.4f} |"
+            f"| {r['independent_loss']:.4f} | {r['diff']:+.4f} | {r['same_warmup_loss']:.4f} "
+            f"| {r['diff_same_warmup']:+.4f} |"
         )
     return lines
 
@@ -162,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "mode": args.mode,
         "branch_point_max_abs_diff": max(abs(r["diff"]) for r in rows),
+        "max_abs_diff_same_warmup": max(abs(r["diff_same_warmup"]) for r in rows),
         "rows": rows,
         "seed_noise": noise,
         "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv or sys.argv[1:])]),
