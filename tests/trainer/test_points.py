@@ -152,3 +152,27 @@ def test_wsd_branches_equal_independent_wsd_runs_and_count_their_flops(cache_dir
         assert p["point_val_loss"] == pytest.approx(alone.val_loss, abs=1e-6)
         assert p["point_flops"] == M * alone.tokens  # trainer.flops accounting of the point's tokens
         assert p["point_extra_flops"] == M * b_k * cfg.batch_tokens
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["wsm", "wsd"])
+def test_points_survive_a_crash_and_resume(cache_dir: str, tmp_path: Any, mode: str) -> None:
+    """Killed as it reports its second point (its last checkpoint is older) and resumed: the same points."""
+    cfg = make_cfg(80, mode, {"at_fractions": [0.25, 0.5, 1.0], "mode": mode}, cache=cache_dir)
+    full = train(cfg, workdir=tmp_path / "full")
+
+    def crash_at_40(step: int, metrics: dict[str, float]) -> None:
+        if step == 40:
+            raise Crash("simulated kill")
+
+    with pytest.warns(UserWarning, match="training failed"):
+        assert train(cfg, report=crash_at_40, workdir=tmp_path / "resumed").status == "failed"
+    resumed = train(cfg, workdir=tmp_path / "resumed")
+    assert resumed.resumed_from == 25  # the point at update 20 came back with the checkpoint's history
+    assert [p["point_step"] for p in resumed.points] == [20.0, 40.0, 80.0]
+    for a, b in zip(full.points, resumed.points, strict=True):
+        assert a["point_val_loss"] == pytest.approx(b["point_val_loss"], abs=1e-6)
