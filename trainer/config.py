@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -160,6 +168,41 @@ class ScheduleConfig(_Strict):
     ema_decay: float = Field(0.9, gt=0, lt=1)
 
 
+class PointsConfig(_Strict):
+    """Many (N, D, loss) points from one run (``trainer.points``): at each token fraction f_k of the run the
+    WSM merge of the constant-LR checkpoints up to D_k = f_k·D (``mode: wsm``) or a cooldown branch of
+    ``branch_fraction``·D_k tokens from D_k (``mode: wsd``) is evaluated on the validation batches."""
+
+    at_fractions: list[float] = Field(min_length=1, description="token fractions f_k in (0, 1], ascending")
+    mode: Literal["wsm", "wsd"] = Field("wsm", description="wsm: merged checkpoints; wsd: cooldown branch")
+    branch_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="wsd: branch tokens / D_k; unset: d/(1-d) with d = schedule.decay_fraction, so every "
+        "branch decays over the same share of its tokens as the run's own final decay",
+    )
+
+    @field_validator("at_fractions")
+    @classmethod
+    def _fractions(cls, f: list[float]) -> list[float]:
+        bad = [x for x in f if not 0 < x <= 1]
+        if bad:
+            raise ValueError(f"{bad[0]} is outside (0, 1]")
+        if len(set(f)) != len(f):
+            raise ValueError(f"{sorted({x for x in f if f.count(x) > 1})[0]} is repeated")
+        if f != sorted(f):
+            raise ValueError(f"must be ascending, got {f}")
+        return f
+
+    @field_validator("branch_fraction")
+    @classmethod
+    def _branch(cls, r: float | None, info: ValidationInfo) -> float | None:
+        if r is not None and info.data.get("mode") == "wsm":
+            raise ValueError("only used by mode wsd")
+        return r
+
+
 class PrecisionConfig(_Strict):
     """Numerics. ``fp8``: E4M3, 1x128 activation tiles, 128x128 weight blocks (Ling 2.0 sec. 5.1)."""
 
@@ -199,6 +242,11 @@ class RunConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    points: PointsConfig | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # unset: absent from dumps, hashes and trial keys
+        description="evaluate several (N, D, loss) points from this one run (trainer.points)",
+    )
     eval_interval: int = Field(50, ge=1, description="steps between validation-loss evaluations")
     eval_batches: int = Field(4, ge=1)
     log_interval: int = Field(10, ge=1)
@@ -222,6 +270,10 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"parallel.tp ({self.parallel.tp}) must divide model.n_heads ({self.model.n_heads})"
             )
+        if self.points is not None:
+            from trainer.points import check_points
+
+            check_points(self)
         return self
 
     # ---- derived quantities -------------------------------------------------------------------

@@ -28,6 +28,9 @@ once, after the merge (the unmerged value when no merge checkpoint is left). ``r
 the newest valid checkpoint in ``workdir``; the loss curve equals an uninterrupted run's (bit-identical on
 the CPU).
 
+A run with ``points`` also reports the loss of a WSM merge or a WSD cooldown branch at chosen token fractions
+(``trainer.points``: ``point_*`` metrics, ``TrainResult.points``); the run's own path is left unchanged.
+
 Under ``torchrun`` (several processes) the same loop runs data parallel, and expert parallel when
 ``parallel.ep > 1``: each rank trains its shard of the same global batch, gradients are averaged, expert
 loads summed, only rank 0 reports and writes files (``trainer.distributed``, docs/PARALLEL.md).
@@ -66,6 +69,7 @@ from trainer.fp8 import fp8_safeguard_stats, set_fp8_monitor
 from trainer.hardware import mfu, mfu_flops_per_token, resolve_peak_tflops
 from trainer.merge import merge_checkpoint_files
 from trainer.model import build_model
+from trainer.points import PointTaker, points_from_history
 from trainer.schedule import LRSchedule, checkpoint_interval, merge_checkpoint_steps
 
 ReportFn = Callable[[int, dict[str, float]], None]
@@ -95,6 +99,7 @@ class TrainResult:
     resumed_from: int | None = None
     error: str | None = None
     checkpoint_warnings: list[str] = field(default_factory=list)  # corrupt checkpoints skipped, and why
+    points: list[dict[str, float]] = field(default_factory=list)  # trainer.points: one dict per point
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -226,6 +231,8 @@ class _Run:
         self.merge_steps = (
             merge_checkpoint_steps(cfg.steps, cfg.schedule.merge_window, interval) if self.wsm else []
         )
+        self.points = PointTaker(cfg)  # points of one run at token fractions (trainer.points)
+        self.save_merge_steps = set(self.merge_steps) | self.points.checkpoint_steps()
         self.val_batches = par.shard_batches(self.data.val_batches(cfg.eval_batches, global_micro))
         self.tmp = tempfile.TemporaryDirectory(prefix="wt-run-") if workdir is None else None
         self.ckpt = CheckpointManager(workdir if workdir is not None else self.tmp.name)  # type: ignore[union-attr]
@@ -384,7 +391,7 @@ class _Run:
     def checkpoint_and_report(self, step: int, metrics: dict[str, float]) -> None:
         """After a step: the WSM merge checkpoint, the evaluation, the full checkpoint and the report."""
         total_steps = self.cfg.steps
-        if self.wsm and step in self.merge_steps:
+        if step in self.save_merge_steps:
             merge_state = self.par.full_model_state(self.model)
             if self.par.is_main:
                 self.ckpt.save_merge(step, merge_state)
@@ -393,6 +400,9 @@ class _Run:
             self.last_val = self.evaluate()
             # a WSM run's last val_loss is the merged model's, reported once after the merge
             metrics["val_loss_unmerged" if self.wsm and step == total_steps else "val_loss"] = self.last_val
+            if step == total_steps and not self.wsm:
+                metrics.update(self.points.final(self.last_val))
+        metrics.update(self.points.at_step(self, step))  # a point below f = 1 at this step, if any
         if metrics:
             self.result.history.append((step, metrics))
         if do_eval and self.save_full:  # the checkpoint's history includes this step
@@ -418,7 +428,7 @@ class _Run:
                     self.ckpt.workdir / "merged.pt",
                     {"model": merged, "merged_steps": result.merged_steps, "merge_weights": weights},
                 )
-        self.emit(step, {"val_loss": result.val_loss})
+        self.emit(step, {"val_loss": result.val_loss, **self.points.final(result.val_loss)})
 
     def finish(self) -> TrainResult:
         """The result: final losses (the merged model's for WSM), status of a non-finite end, clean-up."""
@@ -436,6 +446,7 @@ class _Run:
             result.status = "diverged"
             result.error = f"non-finite validation loss ({result.val_loss}) after step {step}"
         result.checkpoint_warnings = list(self.ckpt.skipped)
+        result.points = points_from_history(result.history)
         result.wall_s = time.perf_counter() - self.t_start
         if self.tmp is not None:
             self.tmp.cleanup()

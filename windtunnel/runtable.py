@@ -6,6 +6,10 @@ Columns: ``run_id, sweep, family, params`` (non-embedding active parameters, the
 
 Optional extra columns (used by the efficiency-leverage law only): ``act_ratio`` (A = (E_a + E_s)/(E + E_s))
 and ``granularity`` (G = 2·d_model/d_expert); NaN for dense runs.
+
+A run that takes points (``trainer.points``: WSM merges or WSD cooldown branches at token fractions f_k)
+gives one row per point beside its own (``expand_points``, columns ``POINT_COLUMNS``); ``sweep_compute``
+counts what such rows spent, each parent once.
 """
 
 from __future__ import annotations
@@ -102,3 +106,76 @@ def usable_runs(df: pd.DataFrame, columns: list[str], positive: list[str] | None
                 excluded[f"non-positive {col}"] = int(nonpos.sum())
             keep &= ~nonpos
     return CleanRuns(df.loc[keep].reset_index(drop=True), excluded)
+
+
+# ---- points: several rows from one run (trainer.points) ----------------------------------------------
+# Point columns of a run table read from the tracking store. ``parent_run_id``: the run a point row was
+# taken from ("" for a run without points; a run with points is its own parent at point_fraction 1);
+# ``point_fraction`` f_k; ``point`` D_k, the parent's tokens where the point was taken (a WSD row's ``tokens``
+# adds its branch); ``compute_spent``: the FLOPs this row adds to the sweep (the run's own compute for a
+# run, 0 for a WSM merge, the branch's m·b_k·B for a WSD branch), so Σ compute_spent counts a parent once.
+POINT_COLUMNS: list[str] = ["parent_run_id", "point_fraction", "point", "compute_spent"]
+# a trainer point (trainer.points.POINT_KEYS) as stored with its run: key "pt{k}.{field}"
+_STORED_POINT_FIELDS = {
+    "fraction": "point_fraction",
+    "at_tokens": "point_at_tokens",
+    "tokens": "point_tokens",
+    "loss": "point_val_loss",
+    "extra_flops": "point_extra_flops",
+}
+
+
+def stored_point_metrics(points: list[dict[str, float]]) -> dict[str, float]:
+    """A run's points (``TrainResult.points``) as flat metrics ``pt{k}.{field}`` to store with the run."""
+    return {
+        f"pt{k}.{f}": float(p[src]) for k, p in enumerate(points) for f, src in _STORED_POINT_FIELDS.items()
+    }
+
+
+def expand_points(row: dict, stored: dict[str, float]) -> list[dict]:
+    """One run-table row per point of a run (``stored``: its ``pt{k}.{field}`` metrics), the run's own row
+    first (its point at f = 1). A point row copies the run's columns and takes its own ``run_id``
+    (``<run_id>@<f>``), ``tokens`` (D_k plus its branch), ``loss``, ``compute`` = m·tokens (6·params·tokens
+    where m is unknown) and ``compute_spent`` (see ``POINT_COLUMNS``)."""
+    ks = sorted({int(k[2:].split(".")[0]) for k in stored if k.startswith("pt") and "." in k})
+    own = dict(row)
+    own.update(parent_run_id=str(row["run_id"]) if ks else "", point_fraction=1.0, point=row["tokens"])
+    own["compute_spent"] = row["compute"]
+    out = [own]
+    for k in ks:
+        f = stored.get(f"pt{k}.fraction", float("nan"))
+        if not 0 < f < 1:  # f = 1 is the run's own row
+            continue
+        tokens = stored[f"pt{k}.tokens"]
+        m = row.get("m", float("nan"))
+        per_token = m if np.isfinite(m) else 6.0 * row["params"]
+        point = dict(row)
+        point.update(
+            run_id=f"{row['run_id']}@{f:g}",
+            parent_run_id=str(row["run_id"]),
+            point_fraction=f,
+            point=stored[f"pt{k}.at_tokens"],
+            tokens=tokens,
+            loss=stored[f"pt{k}.loss"],
+            compute=per_token * tokens,
+            compute_spent=stored[f"pt{k}.extra_flops"],
+        )
+        out.append(point)
+    return out
+
+
+def point_rows(df: pd.DataFrame) -> pd.Series:
+    """True for the rows taken from a run below its end (f < 1); False for every run's own row."""
+    if "parent_run_id" not in df.columns:
+        return pd.Series(False, index=df.index)
+    parent = df["parent_run_id"].fillna("").astype(str)
+    return (parent != "") & (parent != df["run_id"].astype(str))
+
+
+def sweep_compute(df: pd.DataFrame) -> float:
+    """FLOPs the rows' runs spent: Σ ``compute_spent`` (a parent once, plus its branches), else Σ compute."""
+    if "compute_spent" not in df.columns:
+        return float(df["compute"].sum())
+    spent = df["compute_spent"].to_numpy(float)
+    fallback = np.where(point_rows(df).to_numpy(), 0.0, df["compute"].to_numpy(float))
+    return float(np.where(np.isfinite(spent), spent, fallback).sum())

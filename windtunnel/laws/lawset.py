@@ -27,7 +27,7 @@ from windtunnel.laws.intervals import widen
 from windtunnel.laws.parametric import fit_parametric_law
 from windtunnel.laws.powerlaw import fit_frontier_law, frontier_value
 from windtunnel.laws.registry import FitOptions, LawSpec, law_names, law_spec, power_value, register
-from windtunnel.runtable import usable_runs, validate_run_table
+from windtunnel.runtable import point_rows, usable_runs, validate_run_table
 
 # The parametric and frontier fits are registered here through their public fit functions.
 
@@ -47,6 +47,7 @@ register(
         evaluate=_parametric_value,
         rank=0,
         signs=(("E", 1), ("A", 1), ("B", 1), ("alpha", 1), ("beta", 1)),
+        uses_points=True,  # any (N, D, loss) row, a point at D_k included, is a sample of L(N, D)
     )
 )
 register(
@@ -209,6 +210,8 @@ def fit_laws(
             if requested:
                 out.errors[name] = problem
             continue
+        points = point_rows(sub) if not spec.uses_points else pd.Series(False, index=sub.index)
+        sub = sub[~points]
         cols = list(spec.columns)
         if not requested and sub[cols].isna().all().any():
             continue
@@ -218,6 +221,8 @@ def fit_laws(
         excluded = dict(clean.excluded)
         if sub["_duplicate"].any():
             excluded["duplicate run_id"] = int(sub["_duplicate"].sum())
+        if points.any():
+            excluded["point rows (one row per run)"] = int(points.sum())
         if excluded:
             out.excluded[name] = excluded
         opts = FitOptions(n_boot=bootstrap, rng=np.random.default_rng(seed + i), band=band)

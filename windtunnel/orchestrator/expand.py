@@ -180,10 +180,13 @@ def trial_flops(cfg: RunConfig) -> float:
     output layer included (PaLM App. B). M alone leaves out the head, which dominates tiny models: an IsoFLOP
     profile's smallest model has the most tokens and is the slowest trial at its budget. The cost the
     searcher orders trials by (longest work first), the ``limits.max_trial_flops`` check and the planner's
-    FLOPs (``windtunnel plan``)."""
+    FLOPs (``windtunnel plan``). A run with WSD points (``trainer.points``) also trains its cooldown
+    branches: D += ``trainer.points.extra_tokens``."""
     from trainer.hardware import mfu_flops_per_token
+    from trainer.points import extra_tokens
 
-    return float(mfu_flops_per_token(cfg.model)) * float(cfg.steps * cfg.batch_tokens)
+    tokens = cfg.steps * cfg.batch_tokens + extra_tokens(cfg)
+    return float(mfu_flops_per_token(cfg.model)) * float(tokens)
 
 
 def check_plan(spec: SweepSpec, plan: Plan) -> None:

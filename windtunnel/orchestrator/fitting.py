@@ -66,7 +66,7 @@ def fit_at_end(spec: Any, tracking_uri: str, parent_run_id: str, sweep_dir: Path
     client = MlflowClient(tracking_uri)
     df = runs_from_mlflow(tracking_uri, spec.name)
     if len(df) and getattr(outcome, "run_ids", None) is not None:  # this spec's trials only (identity.py)
-        df = df[df["run_id"].isin(outcome.run_ids)]
+        df = df[df["run_id"].isin(outcome.run_ids) | df["parent_run_id"].isin(outcome.run_ids)]
     runs_csv = sweep_dir / "runs.csv"
     df.to_csv(runs_csv, index=False)
     log_artifact(client, parent_run_id, runs_csv)  # ArtifactStoreError: one line

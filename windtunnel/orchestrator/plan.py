@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from trainer.config import RunConfig
 from trainer.hardware import PEAKS, env_peak_tflops, mfu_dtype, mfu_flops_per_token
+from trainer.points import point_specs
 from windtunnel.errors import SpecError
 from windtunnel.orchestrator.expand import trial_flops
 from windtunnel.orchestrator.probe import PROBE_STEPS, ProbeCache, ProbeResult, run_probe, shape_key
@@ -96,9 +97,11 @@ class SweepEstimate:
 
 
 def n_evals(cfg: RunConfig) -> int:
-    """Validations of one run: every ``eval_interval`` steps and at the last step."""
+    """Validations of one run: every ``eval_interval`` steps, at the last step and one per point below the
+    end (``trainer.points``)."""
     steps = cfg.steps
-    return steps // cfg.eval_interval + (1 if steps % cfg.eval_interval else 0)
+    points = sum(1 for p in point_specs(cfg) if p.step < steps)
+    return steps // cfg.eval_interval + (1 if steps % cfg.eval_interval else 0) + points
 
 
 def run_flops(cfg: RunConfig) -> float:

@@ -424,11 +424,13 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
 
     Columns: the run table (``windtunnel.runtable.RUN_TABLE_COLUMNS``) from the ``rt.*`` metrics and the
     ``sweep``/``family``/``status`` tags, plus ``act_ratio, granularity`` (MoE), ``study``, ``config_hash``,
-    ``reason`` (why a run is not usable, e.g. the divergence message), ``mlflow_run_id``.
+    ``reason`` (why a run is not usable, e.g. the divergence message), ``mlflow_run_id``; a run that took
+    points (``trainer.points``) adds one row per point (``windtunnel.runtable.expand_points``, columns
+    ``POINT_COLUMNS``).
     """
     import pandas as pd
 
-    from windtunnel.runtable import validate_run_table
+    from windtunnel.runtable import expand_points, validate_run_table
 
     client = open_client(tracking_uri)
     exp = with_retry(client.get_experiment_by_name, experiment)
@@ -455,7 +457,8 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> Any:
             trial_key=t.get("trial_key", ""),
             reason=reason,
         )
-        rows.append(row)
+        pts = {k[len(RT_PREFIX) :]: v for k, v in m.items() if k.startswith(RT_PREFIX + "pt")}
+        rows.extend(expand_points(row, pts))
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=["run_id", "sweep", "family", "status", *RT_NUMERIC])

@@ -145,6 +145,9 @@ def _record_outcome(
     tune_report: Callable[[dict[str, Any]], None] | None,
 ) -> Any:
     """Close the trial's run with the trainer's outcome (its run-table row when it has one) and tell Tune."""
+    from windtunnel.orchestrator.tracking import RT_PREFIX
+    from windtunnel.runtable import stored_point_metrics
+
     history = list(getattr(result, "history", []) or [])
     if history and logger.resumed:  # resumed after a crash: fill in steps lost with unflushed buffers
         logger.backfill(history)
@@ -170,6 +173,8 @@ def _record_outcome(
             tune_report({"val_loss": DIVERGED_PENALTY, "progress": 1.0, "diverged": 1.0})
         return result
     row = run_table_row(cfg, result.tokens, float(result.val_loss))
+    points = stored_point_metrics(list(getattr(result, "points", []) or []))  # trainer.points, if any
+    overhead.update({RT_PREFIX + k: v for k, v in points.items()})
     logger.finish("finished", row, tags=_resume_tags(result), extra=overhead)  # waits out a store outage
     if tune_report is not None:
         tune_report({"val_loss": float(result.val_loss), "progress": 1.0, "diverged": 0.0})

@@ -203,7 +203,8 @@ def run_target_phase(
         launch([cfgs[i] for i in todo], [keys[i] for i in todo], [hashes[i] for i in todo], c_target)
         df = runs_from_mlflow(tracking_uri, spec.name)
     # this sweep's ladder and its target only: runs of an earlier, changed sweep stay in the store
-    df = df[df["run_id"].isin(outcome.run_ids) | df["trial_key"].isin(keys)]
+    ids = outcome.run_ids
+    df = df[df["run_id"].isin(ids) | df["parent_run_id"].isin(ids) | df["trial_key"].isin(keys)]
     return write_report(
         spec, df, lawset, pred, cfgs, c_target, tracking_uri, parent_run_id, sweep_dir, summary
     )

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from windtunnel.orchestrator.spec_target import TARGET_STUDY
+from windtunnel.runtable import point_rows, sweep_compute
 
 
 def _command() -> str:
@@ -67,11 +68,11 @@ def target_epochs(cfg: Any) -> float:
 
 def build_summary(df: Any, pred: Any, cfgs: list[Any], c_target: float) -> dict[str, Any]:
     hashes = {c.config_hash() for c in cfgs}
-    target = df[(df["study"] == TARGET_STUDY) & df["config_hash"].isin(hashes)]
+    target = df[(df["study"] == TARGET_STUDY) & df["config_hash"].isin(hashes) & ~point_rows(df)]
     fin = target[target["status"] == "finished"]
     losses = [float(x) for x in fin["loss"]]
     ladder = df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]
-    ladder_c = float(ladder["compute"].sum()) if len(ladder) else math.nan
+    ladder_c = sweep_compute(ladder) if len(ladder) else math.nan  # a parent's compute once
     ladder_max = float(ladder["compute"].max()) if len(ladder) else math.nan
     observed = float(np.mean(losses)) if losses else math.nan
     lo, hi = (float(x) for x in pred.pi95)
