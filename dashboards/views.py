@@ -1,10 +1,10 @@
 """What the dashboard shows, built lazily per tab on the server and cached per store version.
 
-The page is split into tabs: a figure is built only when its tab is shown (a 1,000-run sweep's nine charts
-are ≈1 MB of JSON and ~100 traces), each
-figure is cached under (tracking URI, experiment, store version, filters, target, law file, graph), and the
-store version is the cheap aggregate of ``dashboards.data.store_version`` (runs count, newest start/end,
-runs alive), so a finished sweep is read once and every later open is a cache hit.
+The page is split into tabs: a figure is built only when its tab is shown (a 1,000-run sweep's nine run and
+law charts are ≈1 MB of JSON and ~100 traces), each figure is cached under (tracking URI, experiment, store
+version, filters, target, law file, graph), and the store version is the cheap aggregate of
+``dashboards.data.store_version`` (runs count, newest start/end, runs alive), so a finished sweep is read
+once and every later open is a cache hit.
 """
 
 from __future__ import annotations
