@@ -195,7 +195,11 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: LawSet) -> go.Figure:
             )
         )
     fig.update_xaxes(type="log", title="non-embedding active parameters N")
-    fig.update_yaxes(title="final loss")
+    # the runs set the loss range: an interpolant through near-equal sizes of unequal loss can swing far
+    # outside it between them (a swing up leaves the optimum where it is)
+    losses = np.concatenate([p.runs["loss"].to_numpy(float) for p in profiles])
+    pad = 0.08 * (losses.max() - losses.min()) + 1e-3
+    fig.update_yaxes(title="final loss", range=[losses.min() - pad, losses.max() + pad])
     return fig
 
 

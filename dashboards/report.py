@@ -111,6 +111,9 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
             setter("log")
         if axis.title and axis.title.text:
             lab(axis.title.text)
+    if layout.yaxis.range is not None:  # plotly gives a log axis's range in log10 units
+        lo, hi = layout.yaxis.range
+        ax.set_ylim(*((10**lo, 10**hi) if layout.yaxis.type == "log" else (lo, hi)))
     if layout.title and layout.title.text:
         ax.set_title(layout.title.text, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
