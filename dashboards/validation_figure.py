@@ -17,6 +17,7 @@ from dashboards.validation import ValidationStudy, law_path
 
 HEIGHT = 720
 GRID_POINTS = 80
+MEAN_OFFSET = 1.25  # the seeds' mean is drawn this factor right of C_target, clear of the prediction's bar
 
 
 def _law_traces(fig: go.Figure, study: ValidationStudy, c_lo: float, c_hi: float) -> None:
@@ -103,7 +104,7 @@ def _target_traces(fig: go.Figure, study: ValidationStudy, s: dict) -> None:
     std = s["seed_std"] or 0.0
     fig.add_trace(
         go.Scatter(
-            x=[c_t * 1.08],
+            x=[c_t * MEAN_OFFSET],
             y=[s["observed"]],
             mode="markers",
             name="observed mean ± seed std",
