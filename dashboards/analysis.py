@@ -6,9 +6,11 @@ arranges them for the figures.
   draws, such as the published ``ling`` set, have lo = hi = value);
 - compute budgets: ``windtunnel.laws.base.budget_labels``; the near-optimal band: ``NEAR_OPTIMAL_BAND`` (Ling,
   arXiv 2507.17702, Sec. 3: runs within 0.25 % of the best loss at their budget);
-- IsoFLOP profile at one budget (Hoffmann et al. 2022, approach 2, as the engine fits it): the lower envelope
-  of the runs, and log L = c0 + c1·u + c2·u², u = ln N − ū, optimum N* = exp(ū − c1 / (2·c2)) when c2 > 0
-  (``windtunnel.laws.isoflop.fit_parabolas``);
+- IsoFLOP profile at one budget (Porian et al. 2024, arXiv 2406.19146, Sec. 3, as the engine fits the
+  allocation laws): the lower envelope of the runs, the Akima interpolant A_k of log L in u = ln N, the
+  optimum N* = exp(argmin_u A_k(u)) with the 95 % interval of its noise draws
+  (``windtunnel.laws.profile``); where the law file's ``params_opt`` recorded the budget's optimum, that
+  very optimum and interval are shown;
 - the recommendation: ``windtunnel.recommend.policy.recommend_with_policy``, the function behind
   ``windtunnel recommend`` and the end-of-sweep summary.
 """
@@ -21,13 +23,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.interpolate import Akima1DInterpolator
 
 from windtunnel.errors import RecommendError
 from windtunnel.laws import LawSet
 from windtunnel.laws import load_laws as engine_load_laws
-from windtunnel.laws.base import budget_labels
+from windtunnel.laws.base import budget_labels, percentile_ci
 from windtunnel.laws.hparam import NEAR_OPTIMAL_BAND
-from windtunnel.laws.isoflop import fit_parabolas, lower_envelope
+from windtunnel.laws.isoflop import lower_envelope
+from windtunnel.laws.profile import budget_profiles, isoflop_optima, profile_curves
 from windtunnel.recommend import Target
 from windtunnel.recommend.policy import recommend_with_policy
 from windtunnel.recommend.summary import summary_rows
@@ -69,47 +73,99 @@ def near_optimal(runs: pd.DataFrame, band: float = NEAR_OPTIMAL_BAND) -> pd.Seri
     return out
 
 
+ISOFLOP_DRAWS = 200  # noise draws of the engine's estimator when the law file has no optima to show
+OPTIMUM_MATCH_DEX = 0.05  # a law's recorded optimum belongs to the budget whose centre is this close
+
+
 @dataclass
 class IsoFlopProfile:
+    """One compute budget's IsoFLOP profile as the law engine estimates it (``windtunnel.laws.profile``).
+
+    ``curve_N``/``curve_L``: the Akima interpolant of the budget's lower envelope; ``n_opt``, ``(n_lo,
+    n_hi)``: its argmin and the 95 % percentile interval over the noise draws; ``edge``: the observed minimum
+    is the smallest or largest sampled size (not bracketed, left out of the fit); ``source``: the
+    ``params_opt`` law whose recorded optima these are, or ``ENGINE_SOURCE`` when computed here."""
+
     budget: float
     runs: pd.DataFrame
-    coeffs: tuple[float, float, float, float] | None  # (c0, c1, c2, ū): log L = c0 + c1·u + c2·u², u = ln N−ū
-    n_opt: float | None
-    loss_opt: float | None
+    family: str  # "" when the runs hold one family
+    law: str  # the allocation law of this family (params_opt, params_opt_dense)
+    curve_N: np.ndarray
+    curve_L: np.ndarray
+    n_opt: float | None = None
+    n_lo: float | None = None
+    n_hi: float | None = None
+    loss_opt: float | None = None
+    edge: bool = False
+    in_fit: bool | None = None
+    source: str = ""
 
-    def curve(self, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
-        """(N, L) along the fitted parabola over the runs' sizes."""
-        assert self.coeffs is not None
-        c0, c1, c2, centre = self.coeffs
-        x = np.linspace(np.log(self.runs["params"].min()), np.log(self.runs["params"].max()), points)
-        u = x - centre
-        return np.exp(x), np.exp(c0 + c1 * u + c2 * u**2)
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, L) along the Akima interpolant over the budget's sampled sizes (empty below 3 sizes)."""
+        return self.curve_N, self.curve_L
 
 
-def _profile(budget: float, grp: pd.DataFrame, min_points: int) -> IsoFlopProfile:
+ENGINE_SOURCE = "engine estimator on the shown runs"
+
+
+def _family_groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(family, allocation law, runs) split as the engine fits them (``LawSpec.subset``): with dense and
+    MoE runs, params_opt on the MoE runs and params_opt_dense on the dense ones; else params_opt on all."""
+    fam = df["family"].astype(str).str.lower()
+    if {"dense", "moe"} <= set(fam):
+        return [("moe", "params_opt", df[fam == "moe"]), ("dense", "params_opt_dense", df[fam == "dense"])]
+    return [("", "params_opt", df)]
+
+
+def _law_optimum(laws: LawSet, law: str, budget: float) -> dict[str, Any] | None:
+    """The optimum the fitted ``law`` recorded for ``budget`` (its notes' ``optima``), or None."""
+    if law not in laws.laws:
+        return None
+    for row in laws.laws[law].notes.get("optima") or []:
+        if abs(np.log10(float(row["compute"]) / budget)) < OPTIMUM_MATCH_DEX and np.isfinite(row["opt"]):
+            return row
+    return None
+
+
+def _group_profiles(family: str, law: str, grp: pd.DataFrame, laws: LawSet) -> list[IsoFlopProfile]:
+    """The engine's per-budget optima (``isoflop_optima``: Akima argmin, noise draws for the interval)
+    and interpolants (``profile_curves``) of one family; a budget's optimum and interval are the ones its
+    law recorded when the law file has them."""
     env = lower_envelope(grp.reset_index(drop=True), "params")
-    logx = np.log(env["params"].to_numpy(dtype=float))
-    if len(env) < min_points or np.unique(logx).size < 3:
-        return IsoFlopProfile(budget, grp, None, None, None)
-    centre = float(logx.mean())
-    u_KJ = (logx - centre)[None]
-    logL_KJ = np.log(env["loss"].to_numpy(dtype=float))[None]
-    c0, c1, c2 = (float(v) for v in fit_parabolas(u_KJ, logL_KJ, np.ones((1, 1, len(env))))[0, 0])
-    if not np.isfinite([c0, c1, c2]).all():
-        return IsoFlopProfile(budget, grp, None, None, None)
-    n_opt = loss_opt = None
-    if c2 > 0:
-        u_opt = -c1 / (2 * c2)
-        n_opt = float(np.exp(u_opt + centre))
-        loss_opt = float(np.exp(c0 + c1 * u_opt + c2 * u_opt**2))
-    return IsoFlopProfile(budget, grp, (c0, c1, c2, centre), n_opt, loss_opt)
+    opt = isoflop_optima(env, "params", ISOFLOP_DRAWS, np.random.default_rng(0))
+    _, shapes = budget_profiles(env, "params")
+    curves = profile_curves(env, "params")
+    run_budget = np.log10(grp["compute"].to_numpy(float))
+    nearest = np.abs(run_budget[:, None] - np.log10(opt.centers_K)[None]).argmin(axis=1)
+    out = []
+    for k, C in enumerate(opt.centers_K):
+        p = IsoFlopProfile(float(C), grp[nearest == k], family, law, *curves[k])
+        recorded = _law_optimum(laws, law, float(C))
+        if recorded is not None:
+            p.n_opt = float(recorded["opt"])
+            p.n_lo, p.n_hi = (np.nan if v is None else float(v) for v in recorded["ci95"])
+            p.edge, p.in_fit, p.source = bool(recorded["edge"]), bool(recorded["in_fit"]), f"{law} law"
+        elif np.isfinite(opt.xstar_RK[0, k]):
+            p.n_opt, (p.n_lo, p.n_hi) = float(opt.xstar_RK[0, k]), percentile_ci(opt.xstar_RK[1:, k])
+            p.edge, p.source = bool(opt.edge_K[k]), ENGINE_SOURCE
+        u_J, y_J = shapes[k]
+        if p.n_opt is not None and u_J.size >= 3 and u_J[0] <= np.log(p.n_opt) <= u_J[-1]:
+            p.loss_opt = float(np.exp(Akima1DInterpolator(u_J, y_J)(np.log(p.n_opt))))
+        out.append(p)
+    return out
 
 
-def isoflop_profiles(runs: pd.DataFrame, min_points: int = 3) -> list[IsoFlopProfile]:
-    """Per compute budget, the engine's IsoFLOP parabola through the finished runs (module docstring)."""
+def isoflop_profiles(runs: pd.DataFrame, laws: LawSet | None = None) -> list[IsoFlopProfile]:
+    """Per family and compute budget, the law engine's IsoFLOP optimum (module docstring): the optima and
+    intervals the fitted params_opt law used when ``laws`` has it, else the engine's estimator on ``runs``."""
+    laws = laws if laws is not None else LawSet(name=NO_LAWS)
     df = runs[(runs["state"] == "finished") & np.isfinite(runs["loss"]) & (runs["params"] > 0)]
-    df = df.assign(budget=budgets(df))
-    return [_profile(float(b), grp, min_points) for b, grp in df.groupby("budget")]
+    df = df[np.isfinite(df["compute"]) & (df["compute"] > 0)]
+    out: list[IsoFlopProfile] = []
+    for family, law, grp in _family_groups(df):
+        if len(grp):
+            out += _group_profiles(family, law, grp, laws)
+    return out
 
 
 def residuals(runs: pd.DataFrame, laws: LawSet) -> pd.DataFrame:

@@ -6,7 +6,7 @@ request on open, no empty-figure pass), the others are built when their tab is p
 happens on the server (``dashboards.data``; laws and the recommendation through ``dashboards.analysis``,
 a client of ``windtunnel.laws`` and ``windtunnel.recommend``) and figures are cached per store
 version; the live-refresh tick sends nothing while the store version and the selection are unchanged.
-``single_page=True`` puts all nine charts on one page (for comparison with the tabbed page).
+``single_page=True`` puts all ten charts on one page (for comparison with the tabbed page).
 
 Safety: no callback writes to the store or reads a request-supplied path; experiment names are checked
 against the store's list; with ``token`` set every request must carry it (``?token=``, ``Authorization:

@@ -88,9 +88,15 @@ def wait_for_graphs(driver: Any, n_graphs: int, timeout_s: float = 60.0) -> list
     raise TimeoutError(f"graphs not rendered within {timeout_s} s: {state}")
 
 
-def wait_for_graph_ids(driver: Any, graph_ids: list[str], timeout_s: float = 60.0) -> dict[str, int]:
+EMPTY_PANELS = ("g-validation",)  # drawn with no trace when the experiment has nothing to show there
+
+
+def wait_for_graph_ids(
+    driver: Any, graph_ids: list[str], timeout_s: float = 60.0, allow_empty: tuple[str, ...] = EMPTY_PANELS
+) -> dict[str, int]:
     """Poll until the page shows exactly the Plotly graphs ``graph_ids`` (e.g. ``["g-curves"]``, what one
-    tab holds), each drawn with at least one trace, and Dash is idle; returns graph id -> trace count."""
+    tab holds), each drawn with at least one trace (those in ``allow_empty``: drawn at all, as an empty
+    panel saying why), and Dash is idle; returns graph id -> trace count."""
     deadline = time.monotonic() + timeout_s
     state: dict[str, int] = {}
     while time.monotonic() < deadline:
@@ -98,7 +104,11 @@ def wait_for_graph_ids(driver: Any, graph_ids: list[str], timeout_s: float = 60.
         loading = driver.execute_script(
             "return document.querySelectorAll('[data-dash-is-loading=\"true\"]').length"
         )
-        if sorted(state) == sorted(graph_ids) and all(n > 0 for n in state.values()) and not loading:
+        if (
+            sorted(state) == sorted(graph_ids)
+            and all(n > 0 or g in allow_empty for g, n in state.items())
+            and not loading
+        ):
             return state
         time.sleep(0.02)
     raise TimeoutError(f"graphs {graph_ids} not rendered within {timeout_s} s: {state}")

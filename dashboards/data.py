@@ -16,13 +16,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dashboards import sqlstore
+from windtunnel.predict import PREDICTION_ROLE
 from windtunnel.runtable import validate_run_table
 
 STATES = ("running", "finished", "failed", "diverged", "killed", "scheduled")
@@ -78,6 +79,7 @@ class SweepData:
     )  # run-table columns + mlflow_status, state, start_time, end_time, run_name, parent_run_id
     version: tuple
     load_s: float
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)  # prediction runs, search_runs layout
 
     @property
     def sweeps(self) -> list[str]:
@@ -193,11 +195,12 @@ STATUS_RANK = {"finished": 4, "diverged": 3, "pruned": 2, "killed": 2, "failed":
 
 
 def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
-    """Turn ``mlflow.search_runs``-shaped rows into run-table rows (trial runs only) plus bookkeeping columns:
-    ``state`` (the trial's status tag, else MLflow's status), ``mlflow_status``, ``start_time``, ``end_time``,
-    ``run_name``, ``parent_run_id``. A config hash logged twice keeps its most advanced run (as
+    """Turn ``mlflow.search_runs``-shaped rows into run-table rows (trial runs only: no sweep parents, no
+    recorded predictions) plus bookkeeping columns: ``state`` (the trial's status tag, else MLflow's
+    status), ``mlflow_status``, ``start_time``, ``end_time``, ``run_name``, ``parent_run_id``, ``study``
+    (the sweep study that launched it), ``seed``. A config hash logged twice keeps its most advanced run (as
     ``windtunnel.orchestrator.tracking.trial_runs`` does)."""
-    extra = ["state", "mlflow_status", "start_time", "end_time", "run_name", "parent_run_id"]
+    extra = ["state", "mlflow_status", "start_time", "end_time", "run_name", "parent_run_id", "study", "seed"]
     if search_df.empty:
         return validate_run_table(pd.DataFrame({"run_id": pd.Series([], dtype=str)})).assign(
             **{c: pd.Series([], dtype=object) for c in extra}
@@ -205,8 +208,8 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     df = search_df
     parent = _column(df, "tags.mlflow.parentRunId")
     role = _column(df, "tags.windtunnel.role")
-    is_parent = df["run_id"].isin(set(parent.dropna())) | role.isin(["parent", "sweep"])
-    df, parent = df[~is_parent], parent[~is_parent]
+    not_trial = df["run_id"].isin(set(parent.dropna())) | role.isin(["parent", "sweep", PREDICTION_ROLE])
+    df, parent = df[~not_trial], parent[~not_trial]
     table = pd.DataFrame({"run_id": df["run_id"].to_numpy()})
     for col, sources in SOURCES.items():
         table[col] = _column(df, *sources).to_numpy()
@@ -223,6 +226,8 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     table["end_time"] = df["end_time"].to_numpy()
     table["run_name"] = _column(df, "tags.mlflow.runName").fillna("").astype(str).to_numpy()
     table["parent_run_id"] = parent.fillna("").astype(str).to_numpy()
+    table["study"] = _column(df, "tags.study").fillna("").astype(str).to_numpy()
+    table["seed"] = pd.to_numeric(_column(df, "params.seed"), errors="coerce").to_numpy()
     hashes = _column(df, "tags.config_hash").to_numpy()
     if pd.notna(hashes).all() and len(set(hashes)) < len(hashes):
         table["_rank"] = table["state"].map(STATUS_RANK).fillna(-1)
@@ -234,6 +239,13 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
         )
         table = table.reset_index(drop=True)
     return table
+
+
+def prediction_rows(search_df: pd.DataFrame) -> pd.DataFrame:
+    """The recorded predictions (``windtunnel.predict.record_prediction``) among ``search_runs`` rows."""
+    if search_df.empty:
+        return pd.DataFrame()
+    return search_df[_column(search_df, "tags.windtunnel.role") == PREDICTION_ROLE].reset_index(drop=True)
 
 
 def load_sweeps(
@@ -258,7 +270,10 @@ def load_sweeps(
                 if not token:
                     break
             search_df = runs_to_df(runs)
-        return SweepData(experiment, runs_frame(search_df), version, time.perf_counter() - t0)
+        runs_table = runs_frame(search_df)
+        return SweepData(
+            experiment, runs_table, version, time.perf_counter() - t0, prediction_rows(search_df)
+        )
 
     return SWEEP_CACHE.get_or_compute((tracking_uri, experiment, sql, version), compute)
 

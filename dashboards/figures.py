@@ -124,16 +124,36 @@ def loss_curves_figure(
     return fig
 
 
+def _optimum_trace(p: IsoFlopProfile, label: str, col: str) -> go.Scatter:
+    """The budget's optimum N* (star; open when at the edge of the sampled sizes) with its 95 % interval."""
+    where = "edge of the sampled sizes, not in the fit" if p.edge else "bracketed"
+    return go.Scatter(
+        x=[p.n_opt],
+        y=[p.loss_opt],
+        mode="markers",
+        legendgroup=label,
+        showlegend=False,
+        marker=dict(
+            symbol="star-open" if p.edge else "star", size=14, color=col, line=dict(color="black", width=1)
+        ),
+        error_x=dict(type="data", symmetric=False, array=[p.n_hi - p.n_opt], arrayminus=[p.n_opt - p.n_lo]),
+        name=f"{label} optimum",
+        hovertemplate=f"Akima optimum ({p.source}; {where})<br>N*=%{{x:.3g}} "
+        f"[{p.n_lo:.3g}, {p.n_hi:.3g}]<br>L*=%{{y:.4f}}<extra></extra>",
+    )
+
+
 def isoflop_figure(profiles: list[IsoFlopProfile], laws: LawSet) -> go.Figure:
-    """Per budget: runs (markers), fitted parabola in ln N (line), its optimum (star); plus the ``params_opt``
-    law's N_opt at each budget (one trace of crosses) when the law file has it."""
+    """Per family and budget: runs (markers), the Akima interpolant of the profile (line) and its optimum
+    with the 95 % interval (star), as the law engine estimates them (``analysis.isoflop_profiles``); plus
+    each allocation law's N_opt at those budgets (crosses) when the law file has it."""
     if not profiles:
         return _empty("IsoFLOP profiles", "no finished runs")
     fig = go.Figure(layout=dict(title="IsoFLOP profiles: loss vs parameters at fixed compute", **LAYOUT))
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     for i, p in enumerate(profiles):
         col = palette[i % len(palette)]
-        label = f"C={p.budget:.2g}"
+        label = f"{p.family + ' ' if p.family else ''}C={p.budget:.2g}"
         fig.add_trace(
             go.Scatter(
                 x=p.runs["params"],
@@ -145,41 +165,29 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: LawSet) -> go.Figure:
                 **_hover(p.runs),
             )
         )
-        if p.coeffs is not None:
-            N, L = p.curve()
+        if p.curve_N.size:
             fig.add_trace(
                 go.Scatter(
-                    x=N,
-                    y=L,
+                    x=p.curve_N,
+                    y=p.curve_L,
                     mode="lines",
                     legendgroup=label,
                     showlegend=False,
                     line=dict(color=col),
-                    name=f"{label} fit",
+                    name=f"{label} Akima interpolant",
                 )
             )
-        if p.n_opt is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.n_opt],
-                    y=[p.loss_opt],
-                    mode="markers",
-                    legendgroup=label,
-                    showlegend=False,
-                    marker=dict(symbol="star", size=14, color=col, line=dict(color="black", width=1)),
-                    name=f"{label} optimum",
-                    hovertemplate="parabola optimum<br>N*=%{x:.3g}<br>L*=%{y:.4f}<extra></extra>",
-                )
-            )
-    budgets = np.array([p.budget for p in profiles if p.loss_opt is not None])
-    l_opt = [p.loss_opt for p in profiles if p.loss_opt is not None]
-    allocation = [n for n in ALLOCATION_LAWS if n in laws.laws]
-    for k, name in enumerate(allocation if budgets.size else []):  # params_opt, or one per family
-        n_law, _, _ = laws.predict(name, budgets)
+        if p.n_opt is not None and p.loss_opt is not None:
+            fig.add_trace(_optimum_trace(p, label, col))
+    for k, name in enumerate(n for n in ALLOCATION_LAWS if n in laws.laws):  # params_opt, or one per family
+        mine = [p for p in profiles if p.law == name and p.loss_opt is not None]
+        if not mine:
+            continue
+        n_law, _, _ = laws.predict(name, np.array([p.budget for p in mine]))
         fig.add_trace(
             go.Scatter(
                 x=n_law,
-                y=l_opt,
+                y=[p.loss_opt for p in mine],
                 mode="markers",
                 name=f"{name} law",
                 marker=dict(symbol=["x", "cross", "triangle-up"][k % 3], size=11, color="black"),
@@ -187,7 +195,11 @@ def isoflop_figure(profiles: list[IsoFlopProfile], laws: LawSet) -> go.Figure:
             )
         )
     fig.update_xaxes(type="log", title="non-embedding active parameters N")
-    fig.update_yaxes(title="final loss")
+    # the runs set the loss range: an interpolant through near-equal sizes of unequal loss can swing far
+    # outside it between them (a swing up leaves the optimum where it is)
+    losses = np.concatenate([p.runs["loss"].to_numpy(float) for p in profiles])
+    pad = 0.08 * (losses.max() - losses.min()) + 1e-3
+    fig.update_yaxes(title="final loss", range=[losses.min() - pad, losses.max() + pad])
     return fig
 
 

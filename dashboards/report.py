@@ -1,7 +1,8 @@
 """Static report: one self-contained HTML file (plotly.js inlined, opens offline) plus PNG/SVG figures.
 
-The HTML holds the same figures as the dashboard (``dashboards.figures``); the paper figures are redrawn
-with matplotlib from those very figure objects (``plotly_to_matplotlib``), so both always agree.
+The HTML holds the same figures as the dashboard (``dashboards.figures``), and the validation study's panel
+and table when the experiment has one (``dashboards.validation``); the paper figures are redrawn with
+matplotlib from those very figure objects (``plotly_to_matplotlib``), so both always agree.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import plotly.io as pio
 
 from dashboards import analysis, figures
 from dashboards.data import load_sweeps
+from dashboards.validation import ValidationStudy, load_study
 from dashboards.views import DEFAULT_TARGET, GRAPHS, build_figures
 from windtunnel.laws import LawSet, fit_laws
 
@@ -32,6 +34,7 @@ TITLES = {
     "lev-A": "Efficiency leverage vs activation ratio",
     "lev-G": "Efficiency leverage vs granularity",
     "resid": "Backtest residuals",
+    "validation": "Validation study",
 }
 PAPER_FIGURES = ("isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid")
 
@@ -45,6 +48,21 @@ def _laws_for(tracking_uri: str, experiment: str, laws_path: str | None) -> tupl
     return lawset, f"laws fitted now with windtunnel.laws.fit_laws (bootstrap {REPORT_BOOTSTRAP})"
 
 
+def _errorbars(ax: Any, tr: go.Scatter, x: np.ndarray, y: np.ndarray, color: str | None) -> None:
+    """A marker trace's plotly error bars (``error_x``/``error_y`` of type data) as matplotlib's."""
+
+    def arms(err: Any) -> np.ndarray | None:
+        if err is None or err.array is None:
+            return None
+        plus = np.asarray(err.array, dtype=float)
+        minus = np.asarray(err.arrayminus, dtype=float) if err.arrayminus is not None else plus
+        return np.vstack([minus, plus])
+
+    xerr, yerr = arms(tr.error_x), arms(tr.error_y)
+    if xerr is not None or yerr is not None:
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=color or "black", capsize=3, lw=1)
+
+
 def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
     """Redraw a plotly figure's scatter/bar traces with matplotlib; write ``path_stem``.png and .svg."""
     import matplotlib
@@ -55,6 +73,8 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
     mfig, ax = plt.subplots(figsize=(6, 4), dpi=150)
     layout = fig.layout
     for tr in fig.data:
+        if isinstance(tr, go.Table):  # tables stay in the HTML
+            continue
         x = np.asarray(tr.x if tr.x is not None else [], dtype=object)
         y = np.asarray(tr.y if tr.y is not None else [], dtype=object)
         if isinstance(tr, go.Bar):
@@ -74,7 +94,7 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
             ax.plot(x, y, lw=1.2 if len(fig.data) < 20 else 0.7, color=tr.line.color, label=label)
         else:
             color = tr.marker.color if isinstance(tr.marker.color, str) else None
-            marker = {"star": "*", "x": "x", "diamond": "D", "circle-open": "o"}.get(
+            marker = {"star": "*", "star-open": "*", "x": "x", "diamond": "D", "circle-open": "o"}.get(
                 tr.marker.symbol or "", "o"
             )
             size = 14 if marker == "o" else 50
@@ -82,6 +102,7 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
                 ax.scatter(x, y, s=size, marker=marker, facecolors="none", edgecolors=color, label=label)
             else:
                 ax.scatter(x, y, s=size, marker=marker, color=color, label=label, alpha=0.8)
+            _errorbars(ax, tr, x, y, color)
     for axis, setter, lab in (
         (layout.xaxis, ax.set_xscale, ax.set_xlabel),
         (layout.yaxis, ax.set_yscale, ax.set_ylabel),
@@ -90,6 +111,9 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
             setter("log")
         if axis.title and axis.title.text:
             lab(axis.title.text)
+    if layout.yaxis.range is not None:  # plotly gives a log axis's range in log10 units
+        lo, hi = layout.yaxis.range
+        ax.set_ylim(*((10**lo, 10**hi) if layout.yaxis.type == "log" else (lo, hi)))
     if layout.title and layout.title.text:
         ax.set_title(layout.title.text, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
@@ -104,6 +128,17 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
     return out
 
 
+def _validation_section(fig: go.Figure, study: ValidationStudy) -> list[str]:
+    """The validation study's heading, its panel (chart and table) and the table as plain HTML."""
+    return [
+        "<h2>Validation study: predicted before training vs observed</h2>",
+        "<div id='fig-validation'>",
+        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="g-validation"),
+        "</div>",
+        study.table().to_html(index=False, escape=True, classes="validation-table"),
+    ]
+
+
 def write_report(
     tracking_uri: str,
     experiment: str,
@@ -116,6 +151,8 @@ def write_report(
     (outdir / "figures").mkdir(parents=True, exist_ok=True)
     laws, laws_note = _laws_for(tracking_uri, experiment, laws_path)
     figs = build_figures(tracking_uri, experiment, laws, None, None, target, curve_limit=200)
+    study = load_study(load_sweeps(tracking_uri, experiment), tracking_uri, laws)
+    grid = [g for g in GRAPHS if g != "validation"]
     rec = analysis.recommendation(laws, target) if laws.laws else None
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -132,7 +169,7 @@ def write_report(
         + "</p>",
         "<div class='grid'>",
     ]
-    for i, g in enumerate(GRAPHS):
+    for i, g in enumerate(grid):
         parts.append(f"<div id='fig-{g}'>")
         parts.append(
             pio.to_html(
@@ -145,6 +182,8 @@ def write_report(
         )
         parts.append("</div>")
     parts.append("</div>")
+    if study is not None:
+        parts += _validation_section(figs["validation"], study)
     if rec is not None:
         parts.append(f"<h2>Recommendation at {target:.3g} FLOPs</h2><p>{html.escape(rec.note)}</p>")
         parts.append(rec.summary.to_html(index=False, escape=True))
@@ -153,7 +192,7 @@ def write_report(
     report = outdir / "report.html"
     report.write_text("\n".join(parts))
     paper: list[Path] = []
-    for g in PAPER_FIGURES:
+    for g in PAPER_FIGURES + (("validation",) if study is not None else ()):
         if figs[g].data:
             paper += plotly_to_matplotlib(figs[g], outdir / "figures" / g)
     if rec is not None and rec.ok:

@@ -1,10 +1,10 @@
 """What the dashboard shows, built lazily per tab on the server and cached per store version.
 
-The page is split into tabs: a figure is built only when its tab is shown (a 1,000-run sweep's nine charts
-are ≈1 MB of JSON and ~100 traces), each
-figure is cached under (tracking URI, experiment, store version, filters, target, law file, graph), and the
-store version is the cheap aggregate of ``dashboards.data.store_version`` (runs count, newest start/end,
-runs alive), so a finished sweep is read once and every later open is a cache hit.
+The page is split into tabs: a figure is built only when its tab is shown (a 1,000-run sweep's nine run and
+law charts are ≈1 MB of JSON and ~100 traces), each figure is cached under (tracking URI, experiment, store
+version, filters, target, law file, graph), and the store version is the cheap aggregate of
+``dashboards.data.store_version`` (runs count, newest start/end, runs alive), so a finished sweep is read
+once and every later open is a cache hit.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import plotly.graph_objects as go
 
 from dashboards import analysis, figures
 from dashboards.data import Cache, load_sweeps, loss_curves
+from dashboards.validation import load_study
+from dashboards.validation_figure import validation_figure
 from windtunnel.laws import LawSet
 from windtunnel.recommend.policy import RECOMMEND_COMPUTE
 
 DEFAULT_TARGET = RECOMMEND_COMPUTE  # Ling-1T's training compute (docs/DESIGN.md)
-GRAPHS = ["progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid"]
+GRAPHS = ["progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid", "validation"]
 # tab value -> (label, graphs on it); the first tab is what a page open draws
 TABS: dict[str, tuple[str, list[str]]] = {
     "overview": ("Progress & frontier", ["progress", "frontier"]),
@@ -30,6 +32,7 @@ TABS: dict[str, tuple[str, list[str]]] = {
     "hparams": ("LR & batch laws", ["lr", "batch"]),
     "leverage": ("Efficiency leverage", ["lev-A", "lev-G"]),
     "backtest": ("Backtest residuals", ["resid"]),
+    "validation": ("Validation study", ["validation"]),
 }
 FIRST_TAB = "overview"
 FIGURE_CACHE = Cache(256)
@@ -56,7 +59,7 @@ def build_figures(
     """The figures ``graphs`` (default: all of ``GRAPHS``) for one selection, as graph-id -> Figure, plus
     ``summary`` (n_runs, states, load_s, aggregate_s, version). Each figure is built at most once per store
     version and selection; only the inputs a figure needs are computed (loss histories for ``curves``,
-    IsoFLOP parabolas for ``isoflop``, residuals for ``resid``)."""
+    IsoFLOP optima for ``isoflop``, residuals for ``resid``)."""
     wanted = list(GRAPHS if graphs is None else graphs)
     unknown = set(wanted) - set(GRAPHS)
     if unknown:
@@ -89,13 +92,15 @@ def build_figures(
         "curves": lambda: figures.loss_curves_figure(
             loss_curves(tracking_uri, runs, limit=curve_limit, reader=reader), runs
         ),
-        "isoflop": lambda: figures.isoflop_figure(analysis.isoflop_profiles(runs), laws),
+        "isoflop": lambda: figures.isoflop_figure(analysis.isoflop_profiles(runs, laws), laws),
         "frontier": lambda: figures.frontier_figure(runs, laws, target),
         "lr": lambda: figures.hparam_figure(runs, laws, "lr", target),
         "batch": lambda: figures.hparam_figure(runs, laws, "batch", target),
         "lev-A": lambda: figures.leverage_figure(laws, target, "A"),
         "lev-G": lambda: figures.leverage_figure(laws, target, "G"),
         "resid": lambda: figures.residuals_figure(analysis.residuals(runs, laws), laws),
+        # the experiment's study as a whole: the sweep and family filters do not cut its ladder or target
+        "validation": lambda: validation_figure(load_study(data, tracking_uri, laws)),
     }
     out: dict[str, Any] = {}
     for g in wanted:

@@ -63,26 +63,70 @@ def test_leverage_law_matches_paper_claims(tmp_path) -> None:
     assert 8 <= G[np.argmax(el_G)] <= 16  # optimal granularity about 12
 
 
-def test_isoflop_parabola_vertex() -> None:
-    # two budgets, exact parabolas of log L in ln N with vertices at N = 1e6 and 3e6 (the engine's form)
+def _isoflop_runs(vertices: dict[float, float], skew: float = 0.0) -> pd.DataFrame:
+    """Budgets C -> optimal N*: 7 sizes each, log L a parabola in ln N about ln N* (``skew`` > 0 makes the
+    larger sizes' side steeper, so one parabola through every point puts its vertex off the minimum)."""
     rows = []
-    for C, n_star in ((1e15, 1e6), (1e16, 3e6)):
+    for C, n_star in vertices.items():
         for n in np.logspace(5, 7.5, 7):
-            rows.append(
-                {
-                    "compute": C,
-                    "params": n,
-                    "tokens": C / (6 * n),
-                    "state": "finished",
-                    "loss": 3.0 * np.exp(0.05 * (np.log(n) - np.log(n_star)) ** 2),
-                }
-            )
-    profiles = analysis.isoflop_profiles(pd.DataFrame(rows))
+            u = np.log(n) - np.log(n_star)
+            loss = 3.0 * np.exp(0.05 * u**2 * (1 + skew * (u > 0)))
+            rows.append({"compute": C, "params": n, "tokens": C / (6 * n), "state": "finished", "loss": loss})
+    df = pd.DataFrame(rows)
+    df["run_id"] = [f"r{i}" for i in range(len(df))]
+    df["status"], df["family"], df["sweep"] = "finished", "dense", "isoflop"
+    df["m"], df["n_total"], df["n_active"] = 6 * df["params"], df["params"], df["params"]
+    return df
+
+
+def test_isoflop_optimum_is_the_engines_akima_argmin() -> None:
+    from windtunnel.laws.isoflop import fit_parabolas, lower_envelope
+    from windtunnel.laws.profile import isoflop_optima
+
+    runs = _isoflop_runs({1e15: 1e6, 1e16: 3e6}, skew=4.0)
+    profiles = analysis.isoflop_profiles(runs)
     assert [round(p.budget) for p in profiles] == [1e15, 1e16]
-    assert profiles[0].n_opt == pytest.approx(1e6, rel=1e-6) and profiles[1].n_opt == pytest.approx(
-        3e6, rel=1e-6
-    )
-    assert profiles[0].loss_opt == pytest.approx(3.0)
+    engine = isoflop_optima(lower_envelope(runs, "params"), "params", 0, np.random.default_rng(0))
+    assert [p.n_opt for p in profiles] == pytest.approx(engine.xstar_RK[0].tolist(), rel=1e-12)
+    assert all(p.n_lo <= p.n_opt <= p.n_hi and not p.edge for p in profiles)
+    assert profiles[0].loss_opt == pytest.approx(3.0, rel=0.01)
+    # one parabola through the skewed profile puts its vertex much farther from the minimum (at 1e6)
+    first = runs[runs["compute"] == 1e15]
+    u = np.log(first["params"].to_numpy()) - np.log(first["params"]).mean()
+    c0, c1, c2 = fit_parabolas(u[None], np.log(first["loss"].to_numpy())[None], np.ones((1, 1, 7)))[0, 0]
+    vertex = np.exp(np.log(first["params"]).mean() - c1 / (2 * c2))
+    assert abs(np.log(profiles[0].n_opt / 1e6)) < 0.25 < 0.5 < abs(np.log(vertex / 1e6))
+
+
+def test_isoflop_optima_are_the_ones_the_params_opt_law_used() -> None:
+    from windtunnel.laws import fit_laws
+
+    runs = _isoflop_runs({1e15: 1e6, 3e15: 1.7e6, 1e16: 3e6}, skew=4.0)
+    runs["loss"] *= 1 + 2e-3 * np.random.default_rng(1).standard_normal(len(runs))
+    lawset = fit_laws(runs, laws=["params_opt"], bootstrap=40, seed=3)
+    recorded = lawset.laws["params_opt"].notes["optima"]
+    profiles = analysis.isoflop_profiles(runs, lawset)
+    assert [p.source for p in profiles] == ["params_opt law"] * 3
+    assert [p.n_opt for p in profiles] == [r["opt"] for r in recorded]
+    assert [[p.n_lo, p.n_hi] for p in profiles] == [r["ci95"] for r in recorded]
+    assert [p.in_fit for p in profiles] == [r["in_fit"] for r in recorded]
+    # without the law file the engine's estimator gives the same optimum (its draws give another interval)
+    alone = analysis.isoflop_profiles(runs)
+    assert [p.n_opt for p in alone] == pytest.approx([r["opt"] for r in recorded], rel=1e-12)
+    assert {p.source for p in alone} == {analysis.ENGINE_SOURCE}
+
+
+def test_isoflop_profiles_split_families_as_the_engine_fits_them() -> None:
+    dense = _isoflop_runs({1e15: 1e6, 1e16: 3e6})
+    moe = _isoflop_runs({1e15: 2e6, 1e16: 6e6}).assign(family="moe")
+    profiles = analysis.isoflop_profiles(pd.concat([dense, moe], ignore_index=True))
+    assert [(p.family, p.law) for p in profiles] == [
+        ("moe", "params_opt"),
+        ("moe", "params_opt"),
+        ("dense", "params_opt_dense"),
+        ("dense", "params_opt_dense"),
+    ]
+    assert profiles[0].n_opt == pytest.approx(2e6, rel=0.03) and len(profiles[0].runs) == 7
 
 
 def test_near_optimal_band() -> None:

@@ -16,13 +16,16 @@ from dashboards.cli_dashboard import check_bind, is_loopback
 EXPECTED_TRACES = {
     "progress": 3,  # one bar trace per state: finished, running, failed
     "curves": 36,  # one line per run
-    "isoflop": 13,  # 4 budgets x (markers, parabola, optimum) + the params_opt law's crosses
+    # dense: 4 budgets x (markers, Akima interpolant, optimum); moe (the hparam sweep, one size per budget):
+    # 4 x markers; the params_opt law belongs to the moe runs, which have no optimum: no crosses
+    "isoflop": 16,
     "frontier": 5,  # runs (dense), runs (moe), band, fit, target
     "lr": 4,  # runs, near-optimal runs, band, law
     "batch": 4,
     "lev-A": 6,  # G in 1, 2, 4, 8, 12, 16
     "lev-G": 4,  # A in 1.6%, 3.1%, 7.8%, 25%
     "resid": 2,  # in fit, held out
+    "validation": 0,  # no target prediction in the seeded store: an empty panel saying so
 }
 TOKEN = "s3cret-token-123"
 

@@ -15,6 +15,7 @@ from trainer.config import RunConfig
 from trainer.dryrun import dry_run
 from windtunnel.cli import main as cli_main
 from windtunnel.laws import fit_laws, load_laws
+from windtunnel.predict import choose_law
 from windtunnel.recommend import Constraints, RecommendError, Target, recommend
 
 MODELS = Path(__file__).resolve().parents[2] / "experiments" / "models"
@@ -252,8 +253,8 @@ def test_recommend_from_fitted_laws(capsys, tmp_path, fitted_laws_path):
     # ... which recover the synthetic truth when extrapolated 100x beyond the sweep
     assert s["peak_lr"] == pytest.approx(2.0 * target_c**-0.15, rel=0.05)
     assert s["m_opt"] == pytest.approx(math.sqrt(6 * target_c), rel=0.05)
-    # the fitted set has a loss law: a prediction with an interval around it
-    assert s["loss_law"] == "parametric"
+    # the fitted set has both loss laws: the one `windtunnel predict` chooses predicts, with an interval
+    assert s["loss_law"] == choose_law(laws)[0]
     assert s["predicted_loss_lo"] <= s["predicted_loss"] <= s["predicted_loss_hi"]
     assert s["efficiency_leverage"] == 1.0  # dense
     cfg = RunConfig.from_yaml(out)

@@ -2,7 +2,8 @@
 
 Laws (docs/DESIGN.md "Contracts", law file; Ling, "Towards Greater Leverage", arXiv 2507.17702): allocation
 ``m_opt`` M_opt(C) = a·C^b (else ``d_opt``: M_opt = C / D_opt(C), else ``params_opt``); ``leverage`` EL(A, G,
-C); loss from ``parametric`` L(N, D) = E + A/N^α + B/D^β or ``frontier`` L(C) = E + A·C^−α.
+C); loss from ``parametric`` L(N, D) = E + A/N^α + B/D^β or ``frontier`` L(C) = E + A·C^−α, the one
+``windtunnel predict`` takes (one policy for every caller: ``windtunnel.predict.choose_law``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from windtunnel.errors import RecommendError
+from windtunnel.predict import LOSS_LAWS, choose_law
 from windtunnel.recommend.search import Candidate
 
 
@@ -107,17 +109,24 @@ def leverage(lawset: LawSetLike, cand: Candidate, compute: float) -> tuple[float
 
 
 def predicted_loss(lawset: LawSetLike, cand: Candidate, tokens: float, compute: float) -> dict[str, Any]:
-    if has_law(lawset, "parametric"):
-        v, lo, hi = predict_positive(
-            lawset, "parametric", (float(cand.counts.active_nonembed), float(tokens))
-        )
+    """The predicted final loss and its 95 % interval from the loss law ``windtunnel predict`` takes
+    (``windtunnel.predict.choose_law``: the smaller backtest error, parametric when neither has a
+    backtest): parametric L(N, D) at N = non-embedding active parameters, D = ``tokens``; frontier L(C) at
+    C = ``compute``. ``loss_law_choice`` says why that law was taken."""
+    if not any(has_law(lawset, n) for n in LOSS_LAWS):
         return {
-            "predicted_loss": v,
-            "predicted_loss_lo": lo,
-            "predicted_loss_hi": hi,
-            "loss_law": "parametric",
+            "predicted_loss": None,
+            "predicted_loss_lo": None,
+            "predicted_loss_hi": None,
+            "loss_law": "n/a",
         }
-    if has_law(lawset, "frontier"):
-        v, lo, hi = predict_positive(lawset, "frontier", compute)
-        return {"predicted_loss": v, "predicted_loss_lo": lo, "predicted_loss_hi": hi, "loss_law": "frontier"}
-    return {"predicted_loss": None, "predicted_loss_lo": None, "predicted_loss_hi": None, "loss_law": "n/a"}
+    law, why = choose_law(lawset)
+    x = (float(cand.counts.active_nonembed), float(tokens)) if law == "parametric" else float(compute)
+    v, lo, hi = predict_positive(lawset, law, x)
+    return {
+        "predicted_loss": v,
+        "predicted_loss_lo": lo,
+        "predicted_loss_hi": hi,
+        "loss_law": law,
+        "loss_law_choice": why,
+    }
