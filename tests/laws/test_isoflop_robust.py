@@ -75,6 +75,29 @@ def test_dense_profile_is_condensed() -> None:
     assert len(u) == 40 and np.all(np.diff(u) > 0)
 
 
+def test_near_coincident_sizes_are_merged_before_interpolation() -> None:
+    """Beside one size of every profile, two more within 0.8 % whose losses differ by ±2 % (runs of one
+    shape rule with different vocabularies, say): the profile keeps one point for the three (an interpolant
+    through near-coincident points with different losses swings between them), and every optimum is still
+    the profile's true one."""
+    budgets = (1e18, 4e18, 1.6e19)
+    runs = chinchilla_profile_runs(budgets, -1.5, 1.5, 7, sigma=0.0, seed=0)
+    extra = []
+    for C in budgets:
+        n0 = float(optimal_params(C)) * np.exp(-1.0)  # the second-smallest size
+        base = runs[(runs["compute"] == C) & np.isclose(runs["params"], n0)]["loss"].iloc[0]
+        for eps, f in ((0.004, 0.98), (0.008, 1.02)):
+            n = n0 * np.exp(eps)
+            extra.append({"params": n, "tokens": C / (6 * n), "compute": C, "loss": base * f})
+    runs = validate_run_table(pd.concat([runs, pd.DataFrame(extra)], ignore_index=True))
+    one = runs[runs["compute"] == budgets[0]]
+    u, _ = condense(np.log(one["params"].to_numpy(float)), np.log(one["loss"].to_numpy(float)))
+    assert len(u) == 7 and np.all(np.diff(u) >= 0.01)  # no two kept sizes within 1 % of each other
+    law = fit_isoflop_law(runs, "params_opt", "params", n_boot=0)
+    for o in law.notes["optima"]:
+        assert abs(o["opt"] / optimal_params(o["compute"]) - 1) < 0.05, o
+
+
 def test_noise_scale_recovers_sigma() -> None:
     rng = np.random.default_rng(0)
     u = np.linspace(-2, 2, 9)

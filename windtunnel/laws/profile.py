@@ -15,7 +15,10 @@ re-take the Akima argmin. sigma is the points' noise, estimated from the data as
 deviation of least-squares parabolas through the ``WINDOW_POINTS`` points nearest (in rank) to each budget's
 observed minimum: sigma² = Σ_k Σ_j r_kj² / Σ_k (n_k − 3).
 
-A profile with more than ``MAX_PROFILE_POINTS`` sizes (a dense sweep, neighbouring points closer than
+Sizes closer than ``MERGE_LOG_GAP`` in u (1 %: e.g. 510,983 / 513,344 / 515,342 parameters from one shape
+rule with different vocabularies) are first merged into one point (mean u, mean y): an interpolant through
+near-coincident points with different losses swings far outside the data between them. A profile with
+more than ``MAX_PROFILE_POINTS`` sizes (a dense sweep, neighbouring points closer than
 the noise) is first condensed into that many equal-width bins in u (mean u, mean y per bin) — a smoothing step
 that leaves a sparse profile unchanged.
 """
@@ -31,6 +34,7 @@ from scipy.interpolate import Akima1DInterpolator
 from windtunnel.laws.base import budget_labels
 
 MAX_PROFILE_POINTS = 24
+MERGE_LOG_GAP = 0.01
 WINDOW_POINTS = 5
 GRID_POINTS = 1001
 
@@ -54,10 +58,27 @@ class Optima:
             return np.nanstd(np.log(self.xstar_RK[1:]), axis=0)
 
 
-def condense(u_J: np.ndarray, y_J: np.ndarray, max_points: int = MAX_PROFILE_POINTS):
-    """(u, y) sorted by u; with more than ``max_points`` distinct sizes, bin means over equal-width u bins."""
+def merge_close(u_J: np.ndarray, y_J: np.ndarray, gap: float = MERGE_LOG_GAP):
+    """Sorted (u, y) with every run of sizes whose u lies within ``gap`` of its group's first replaced by
+    the group's mean u and mean y."""
     order = np.argsort(u_J)
     u_J, y_J = u_J[order], y_J[order]
+    group_J = np.zeros(len(u_J), dtype=int)
+    start = u_J[0] if len(u_J) else 0.0
+    for j in range(1, len(u_J)):
+        new_group = u_J[j] - start >= gap
+        group_J[j] = group_J[j - 1] + int(new_group)
+        start = u_J[j] if new_group else start
+    count_G = np.bincount(group_J)
+    return np.bincount(group_J, weights=u_J) / count_G, np.bincount(group_J, weights=y_J) / count_G
+
+
+def condense(u_J: np.ndarray, y_J: np.ndarray, max_points: int = MAX_PROFILE_POINTS):
+    """(u, y) sorted by u, near-coincident sizes merged (``merge_close``); with more than ``max_points``
+    distinct sizes left, bin means over equal-width u bins."""
+    if len(u_J) == 0:
+        return u_J, y_J
+    u_J, y_J = merge_close(u_J, y_J)
     if len(u_J) <= max_points:
         return u_J, y_J
     edges = np.linspace(u_J[0], u_J[-1], max_points + 1)
