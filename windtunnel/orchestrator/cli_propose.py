@@ -44,6 +44,7 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
     """(run table without the validation target's runs, the RunConfig of the largest finished run)."""
     from mlflow import MlflowClient
 
+    from trainer.config import RunConfig
     from windtunnel.laws.cli import _load_runs
     from windtunnel.orchestrator.propose import config_from_params
     from windtunnel.orchestrator.spec_target import TARGET_STUDY
@@ -58,9 +59,11 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     top = done.loc[done["compute"].idxmax(), "run_id"]
     try:
-        base = config_from_params(MlflowClient(uri).get_run(top).data.params)
+        run = MlflowClient(uri).get_run(top)
+        text = run.data.tags.get("run_config")
+        base = RunConfig.model_validate_json(text) if text else config_from_params(run.data.params)
     except ValueError as err:
-        raise UserError(f"run {top}: its params do not give a trainer config ({err})") from None
+        raise UserError(f"run {top}: its tags and params do not give a trainer config ({err})") from None
     return runs, base
 
 

@@ -199,6 +199,17 @@ def _run_locked(
             st = effective_status(run)
             outcome.counts[st] = outcome.counts.get(st, 0) + 1
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
+    if spec.adaptive is not None:  # propose -> run -> fit rounds; the laws are refitted with their runs
+        from windtunnel.orchestrator.adaptive import run_adaptive
+
+        def launch_round(items: list[dict[str, Any]], r: int) -> None:
+            round_progress = SweepProgress(f"{spec.name} adaptive round {r}", len(items))
+            _run_tuners(
+                spec, ctx, items, [], address, sweep_dir, round_progress, show_progress, make_callback
+            )
+
+        if run_adaptive(spec, uri, parent_id, outcome, launch_round):
+            fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
     if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
         from windtunnel.orchestrator.spec_target import TARGET_STUDY
         from windtunnel.orchestrator.validation import run_target_phase

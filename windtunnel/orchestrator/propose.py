@@ -213,6 +213,46 @@ def calibration(value: float, lo: float, hi: float, var_lin: float, sigma_log: f
     return var_law / var_lin if var_lin > 0 and var_law > 0 else 1.0
 
 
+@dataclass
+class TargetFit:
+    """The fitted law at the target: x̂, its bootstrap Σ, the residual scales, the compute-optimal target
+    point (N_t, D_t) and the law's prediction (value, lo, hi) there."""
+
+    lawset: Any
+    runs: pd.DataFrame
+    x_hat: np.ndarray
+    Sigma: np.ndarray
+    sigma_res: float
+    sigma_log: float
+    n_t: float
+    d_t: float
+    value: float
+    lo: float
+    hi: float
+    k_flops: float
+
+    @property
+    def width(self) -> float:
+        return self.hi - self.lo
+
+
+def fit_target(runs: pd.DataFrame, target_compute: float, bootstrap: int = 100, seed: int = 0) -> TargetFit:
+    """Fit ``parametric`` (and ``lr_opt``/``batch_opt``) on the finished runs; the law's prediction at the
+    compute-optimal point of ``target_compute`` (module docstring, steps 1-2)."""
+    from windtunnel.laws.lawset import fit_laws
+
+    finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
+    if len(finished) == 0:
+        raise UserError("no finished runs to fit")
+    lawset = fit_laws(finished, laws=["parametric", "lr_opt", "batch_opt"], bootstrap=bootstrap, seed=seed)
+    x_hat, Sigma, sigma_res, sigma_log = law_state(lawset)
+    top = finished.loc[finished["compute"].idxmax()]
+    k_flops = float(top["m"] / top["params"]) if np.isfinite(top["m"]) else 6.0
+    n_t, d_t = design.compute_optimal_point(x_hat, target_compute, k_flops)
+    value, lo, hi = (float(v) for v in lawset.predict("parametric", (n_t, d_t)))
+    return TargetFit(lawset, finished, x_hat, Sigma, sigma_res, sigma_log, n_t, d_t, value, lo, hi, k_flops)
+
+
 def propose(
     runs: pd.DataFrame,
     base: RunConfig,
@@ -225,49 +265,44 @@ def propose(
     shape: TargetShape | None = None,
 ) -> ProposalSet:
     """The ``k`` runs that most lower the target's pi95 width per FLOP (module docstring)."""
-    from windtunnel.laws.lawset import fit_laws
     from windtunnel.orchestrator.expand import trial_flops
 
-    finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
-    lawset = fit_laws(finished, laws=["parametric", "lr_opt", "batch_opt"], bootstrap=bootstrap, seed=seed)
-    x_hat, Sigma, sigma_res, sigma_log = law_state(lawset)
-    top = finished.loc[finished["compute"].idxmax()]
-    k_flops = float(top["m"] / top["params"]) if np.isfinite(top["m"]) else 6.0
-    n_t, d_t = design.compute_optimal_point(x_hat, target_compute, k_flops)
-    g = design.log_loss_jacobian(x_hat, [n_t], [d_t])[0]
-    value, lo, hi = (float(v) for v in lawset.predict("parametric", (n_t, d_t)))
+    tf = fit_target(runs, target_compute, bootstrap, seed)
+    g = design.log_loss_jacobian(tf.x_hat, [tf.n_t], [tf.d_t])[0]
     notes = [
-        f"target: N = {n_t:.4g}, D = {d_t:.4g} (compute-optimal under the fitted law, C = {k_flops:.3g}*N*D)"
+        f"target: N = {tf.n_t:.4g}, D = {tf.d_t:.4g} (compute-optimal under the fitted law, "
+        f"C = {tf.k_flops:.3g}*N*D)"
     ]
-    rule = hparam_rule(lawset, finished, notes)
-    cands = candidates(base, shape or shape_of(base), finished, n_t, d_t, rule)
+    rule = hparam_rule(tf.lawset, tf.runs, notes)
+    cands = candidates(base, shape or shape_of(base), tf.runs, tf.n_t, tf.d_t, rule)
     if not cands:
         raise UserError("no candidate run: the experiment's model rule gives no size in range")
-    J = design.log_loss_jacobian(x_hat, [n for _, n, _ in cands], [d for _, _, d in cands])
+    J = design.log_loss_jacobian(tf.x_hat, [n for _, n, _ in cands], [d for _, _, d in cands])
     cost = np.array([trial_flops(c) for c, _, _ in cands])
-    sigma2 = max(sigma_res, sigma_floor) ** 2
-    scale = calibration(value, lo, hi, design.target_variance(Sigma, g), sigma_log)
-    # Σ scaled by s and sigma² by s: the same picks and variance ratios, variances in the law's scale
-    d = design.greedy_design(scale * Sigma, g, J, cost, scale * sigma2, k, budget)
+    sigma2 = max(tf.sigma_res, sigma_floor) ** 2
+    scale = calibration(tf.value, tf.lo, tf.hi, design.target_variance(tf.Sigma, g), tf.sigma_log)
+    # Σ and sigma² both scaled by s: the same picks and variance ratios, variances in the law's scale
+    d = design.greedy_design(scale * tf.Sigma, g, J, cost, scale * sigma2, k, budget)
     out = ProposalSet(
         target_compute=float(target_compute),
-        target_params=n_t,
-        target_tokens=d_t,
-        predicted=value,
-        pi95_law=(lo, hi),
-        width_before=hi - lo,
+        target_params=tf.n_t,
+        target_tokens=tf.d_t,
+        predicted=tf.value,
+        pi95_law=(tf.lo, tf.hi),
+        width_before=tf.width,
         notes=notes,
     )
     # the law's interval is asymmetric in loss; widths after keep its ratio to the symmetric linear form
-    asym = (hi - lo) / design.pi95_width(value, d.var_before, sigma_log) if hi > lo else 1.0
+    lin_before = design.pi95_width(tf.value, d.var_before, tf.sigma_log)
+    asym = tf.width / lin_before if tf.width > 0 and lin_before > 0 else 1.0
     for i, var in zip(d.chosen, d.var_after, strict=True):
         cfg, n, tokens = cands[i]
-        width = asym * design.pi95_width(value, var, sigma_log)
+        width = asym * design.pi95_width(tf.value, var, tf.sigma_log)
         out.proposals.append(Proposal(cfg, n, tokens, float(cost[i]), width))
     notes.append(
-        f"sigma(one run, log loss) = {math.sqrt(sigma2):.4f}; pi95 residual sigma = {sigma_log:.4f} (a floor "
-        f"the linearised design does not lower); linearised variance x {scale:.3g} to match the law's "
-        f"interval; {len(cands)} candidates"
+        f"sigma(one run, log loss) = {math.sqrt(sigma2):.4f}; pi95 residual sigma = {tf.sigma_log:.4f} "
+        f"(a floor the linearised design does not lower); linearised variance x {scale:.3g} to match the "
+        f"law's interval; {len(cands)} candidates"
     )
     if len(d.chosen) < k:
         notes.append(f"only {len(d.chosen)} of {k} runs fit in the budget {budget:.3g} FLOPs")
