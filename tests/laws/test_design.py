@@ -9,6 +9,7 @@ import pytest
 from windtunnel.laws.design import (
     bootstrap_covariance,
     compute_optimal_point,
+    gauss_newton_covariance,
     greedy_design,
     log_loss_jacobian,
     pi95_width,
@@ -45,6 +46,19 @@ def test_update_equals_information_form():
     # sequential rank-one picks give the same result as the batch update
     d = greedy_design(Sigma, J[0], J, np.ones(3), sigma2, 3)
     assert d.var_after[-1] == pytest.approx(target_variance(expected, J[0]), rel=1e-9)
+
+
+def test_gauss_newton_covariance_is_least_squares_covariance():
+    # 1 parameter: y_i = x·j_i + noise → Var(x̂) = sigma² / Σ j_i²
+    J = np.array([[1.0], [2.0], [3.0]])
+    assert gauss_newton_covariance(J, 0.04)[0, 0] == pytest.approx(0.04 / 14.0, rel=1e-8)
+    # adding runs to a Gauss-Newton Σ with the same sigma² equals Gauss-Newton over all runs
+    rng = np.random.default_rng(2)
+    J0, J1 = rng.normal(size=(8, 5)), rng.normal(size=(2, 5))
+    both = gauss_newton_covariance(np.vstack([J0, J1]), 0.01)
+    np.testing.assert_allclose(
+        posterior_covariance(gauss_newton_covariance(J0, 0.01), J1, 0.01), both, rtol=1e-6
+    )
 
 
 def test_jacobian_matches_finite_differences():

@@ -7,8 +7,9 @@ models) and ch. 10.2 (c-optimality: the variance of one linear combination cᵀx
     log L̂(N, D; x) = LSE(a − alpha·log N,  b − beta·log D,  e),   x = (a, b, e, alpha, beta),
 
 the Jacobian row of a run at (N, D) is j = ∂ log L̂ / ∂x = (p1, p2, p3, −p1·log N, −p2·log D) with p the
-softmax weights of the three terms. With Σ the covariance of x̂ (the bootstrap of the current fit) and
-sigma² the variance of one run's log loss about the law, adding runs with rows J updates
+softmax weights of the three terms. With Σ the covariance of x̂ (Gauss-Newton, sigma²·(J_runsᵀJ_runs)⁻¹
+over the fitted runs, or the bootstrap of the current fit) and sigma² the variance of one run's log loss
+about the law, adding runs with rows J updates
 
     Σ_new⁻¹ = Σ⁻¹ + JᵀJ / sigma²,   i.e. (Woodbury; no inverse of Σ, so a singular Σ from a constrained
     Σ_new = Σ − Σ Jᵀ (sigma² I + J Σ Jᵀ)⁻¹ J Σ          form such as alpha = beta is handled)
@@ -64,6 +65,15 @@ def bootstrap_covariance(x_RP: np.ndarray, max_mad: float = 8.0) -> np.ndarray:
     keep = np.all(np.abs(x - med) <= max_mad * np.where(mad > 0, mad, np.inf), axis=1)
     kept = x[keep] if keep.sum() >= 2 else x
     return np.atleast_2d(np.cov(kept, rowvar=False))
+
+
+def gauss_newton_covariance(J_NP: np.ndarray, sigma2: float, rel_ridge: float = 1e-10) -> np.ndarray:
+    """Σ = sigma²·(JᵀJ)⁻¹ of least squares in log loss at x̂ (the Gauss-Newton Hessian of the fit's
+    objective; Seber & Wild 1989, "Nonlinear Regression", §2.1), J the fitted runs' Jacobian rows; a ridge
+    of ``rel_ridge``·trace/P keeps a direction the runs do not inform finite but large."""
+    H_PP = J_NP.T @ J_NP
+    ridge = rel_ridge * max(float(np.trace(H_PP)) / H_PP.shape[0], 1e-300)
+    return sigma2 * np.linalg.inv(H_PP + ridge * np.eye(H_PP.shape[0]))
 
 
 def posterior_covariance(Sigma_PP: np.ndarray, J_KP: np.ndarray, sigma2: float) -> np.ndarray:

@@ -10,8 +10,11 @@
    ``LadderRule``) from the smallest run's size up to the target's, times token counts log-spaced from the
    smallest run's D to the target's D; cost = ``expand.trial_flops`` (the trainer's own accounting). Points
    already run (N and D within 2 %) are left out.
-4. ``design.greedy_design`` with Σ = the bootstrap covariance of x = (a, b, e, alpha, beta), sigma² = the
-   fit's in-sample residual variance (at least ``sigma_floor``²), and the law's ``pi95`` sigma for widths.
+4. ``design.greedy_design`` with Σ of x = (a, b, e, alpha, beta) from the fitted runs' Gauss-Newton
+   information sigma²·(JᵀJ)⁻¹ (default: the same sigma² the new runs carry, so old and new runs weigh alike;
+   the bootstrap covariance is the other choice, wider where the fit is non-linear), sigma² = the fit's
+   in-sample residual variance (at least ``sigma_floor``²); Σ is scaled so that the linearised interval at
+   the target equals the law's own (``calibration``), and widths use the law's ``pi95`` sigma.
 """
 
 from __future__ import annotations
@@ -236,9 +239,16 @@ class TargetFit:
         return self.hi - self.lo
 
 
-def fit_target(runs: pd.DataFrame, target_compute: float, bootstrap: int = 100, seed: int = 0) -> TargetFit:
+def fit_target(
+    runs: pd.DataFrame,
+    target_compute: float,
+    bootstrap: int = 100,
+    seed: int = 0,
+    point: tuple[float, float] | None = None,
+) -> TargetFit:
     """Fit ``parametric`` (and ``lr_opt``/``batch_opt``) on the finished runs; the law's prediction at the
-    compute-optimal point of ``target_compute`` (module docstring, steps 1-2)."""
+    compute-optimal point of ``target_compute`` (module docstring, steps 1-2), or at a given (N, D)
+    ``point`` (a fixed target run)."""
     from windtunnel.laws.lawset import fit_laws
 
     finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
@@ -248,7 +258,10 @@ def fit_target(runs: pd.DataFrame, target_compute: float, bootstrap: int = 100, 
     x_hat, Sigma, sigma_res, sigma_log = law_state(lawset)
     top = finished.loc[finished["compute"].idxmax()]
     k_flops = float(top["m"] / top["params"]) if np.isfinite(top["m"]) else 6.0
-    n_t, d_t = design.compute_optimal_point(x_hat, target_compute, k_flops)
+    if point is None:
+        n_t, d_t = design.compute_optimal_point(x_hat, target_compute, k_flops)
+    else:
+        n_t, d_t = (float(v) for v in point)
     value, lo, hi = (float(v) for v in lawset.predict("parametric", (n_t, d_t)))
     return TargetFit(lawset, finished, x_hat, Sigma, sigma_res, sigma_log, n_t, d_t, value, lo, hi, k_flops)
 
@@ -263,15 +276,19 @@ def propose(
     seed: int = 0,
     sigma_floor: float = SIGMA_FLOOR,
     shape: TargetShape | None = None,
+    point: tuple[float, float] | None = None,
+    covariance: str = "gauss-newton",
 ) -> ProposalSet:
-    """The ``k`` runs that most lower the target's pi95 width per FLOP (module docstring)."""
+    """The ``k`` runs that most lower the target's pi95 width per FLOP (module docstring); ``point`` fixes
+    the target's (N, D) instead of the compute-optimal one; ``covariance``: Σ of x̂ from the fitted runs'
+    Gauss-Newton information ("gauss-newton", self-consistent with sigma²) or the fit's bootstrap."""
     from windtunnel.orchestrator.expand import trial_flops
 
-    tf = fit_target(runs, target_compute, bootstrap, seed)
+    tf = fit_target(runs, target_compute, bootstrap, seed, point)
     g = design.log_loss_jacobian(tf.x_hat, [tf.n_t], [tf.d_t])[0]
     notes = [
-        f"target: N = {tf.n_t:.4g}, D = {tf.d_t:.4g} (compute-optimal under the fitted law, "
-        f"C = {tf.k_flops:.3g}*N*D)"
+        f"target: N = {tf.n_t:.4g}, D = {tf.d_t:.4g} "
+        + ("(given)" if point else f"(compute-optimal under the fitted law, C = {tf.k_flops:.3g}*N*D)")
     ]
     rule = hparam_rule(tf.lawset, tf.runs, notes)
     cands = candidates(base, shape or shape_of(base), tf.runs, tf.n_t, tf.d_t, rule)
@@ -280,9 +297,14 @@ def propose(
     J = design.log_loss_jacobian(tf.x_hat, [n for _, n, _ in cands], [d for _, _, d in cands])
     cost = np.array([trial_flops(c) for c, _, _ in cands])
     sigma2 = max(tf.sigma_res, sigma_floor) ** 2
-    scale = calibration(tf.value, tf.lo, tf.hi, design.target_variance(tf.Sigma, g), tf.sigma_log)
+    if covariance == "gauss-newton":
+        J_runs = design.log_loss_jacobian(tf.x_hat, tf.runs["params"], tf.runs["tokens"])
+        Sigma = design.gauss_newton_covariance(J_runs, sigma2)
+    else:
+        Sigma = tf.Sigma
+    scale = calibration(tf.value, tf.lo, tf.hi, design.target_variance(Sigma, g), tf.sigma_log)
     # Σ and sigma² both scaled by s: the same picks and variance ratios, variances in the law's scale
-    d = design.greedy_design(scale * tf.Sigma, g, J, cost, scale * sigma2, k, budget)
+    d = design.greedy_design(scale * Sigma, g, J, cost, scale * sigma2, k, budget)
     out = ProposalSet(
         target_compute=float(target_compute),
         target_params=tf.n_t,
