@@ -2,6 +2,7 @@
 
     python benchmarks/design.py --grid-store /work/vrun1/mlflow.db [--experiment windtunnel_validation_cpu]
         [--observed-loss L] [--k 2] [--rounds 6] [--bootstrap 50] [--seed-budgets 2] [--out R.json]
+    python benchmarks/design.py --rescore R.json (--grid-store DB | --observed-loss L)   # fill abs errors
 
 The grid is the validation study's IsoFLOP ladder (its runs read from a COPY of ``--grid-store``; the store
 itself is never written). The target is the validation study's target run: its (N, D) from the target
@@ -10,10 +11,12 @@ trials' ``run_config`` tags, its observed loss the mean of their finished losses
 - grid: the parametric law fitted on all ladder runs (``propose.fit_target`` at the target's (N, D)); its
   95 % interval width and |prediction − observed|; and the width of every prefix of the ladder in budget
   order (what the grid reaches at lower compute);
-- adaptive: starts from the ladder's ``--seed-budgets`` smallest budgets, then rounds of ``propose`` (k runs
-  that most narrow the target's interval per FLOP, ``windtunnel.laws.design``), each run trained for real by
-  the trainer (``trainer.loop.train``, one thread, the ladder's base config and data), refitted, until its
-  width is at most the grid's or its compute reaches the grid's.
+- adaptive: starts from the ladder's ``--seed-budgets`` smallest budgets, then ``--rounds`` rounds of
+  ``propose`` (k runs that most narrow the target's interval within the round's budget,
+  ``windtunnel.laws.design``), each run trained for real by the trainer (``trainer.loop.train``, one thread,
+  the ladder's base config and data) and refitted. Its total compute is ``--adaptive-fraction`` of the
+  grid's (a few CPU minutes at the default 5 %), split evenly over the rounds; every round is recorded, and
+  the first round whose width is at most the grid's gives ``compute_ratio``.
 
 Compute is training FLOPs as the trainer counts them, output layer included (``expand.trial_flops``), for
 both designs. ``compute_ratio`` = adaptive compute when its width first reaches the grid's ÷ grid compute
@@ -133,10 +136,11 @@ def run_adaptive(grid, base, point, compute, grid_width, grid_cost, args) -> dic
     print(f"adaptive seed: {len(runs)} runs, {spent:.3g} FLOPs, width {rounds[0]['width']:.4f}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="design_runs_"))
     reached = spent if rounds[0]["width"] <= grid_width else None
+    per_round = (args.adaptive_fraction * grid_cost - spent) / args.rounds
     for r in range(1, args.rounds + 1):
-        if reached is not None or spent >= grid_cost:
+        if per_round <= 0:
             break
-        ps = propose(runs, base, compute, args.k, grid_cost - spent, args.bootstrap, seed=r, point=point)
+        ps = propose(runs, base, compute, args.k, per_round, args.bootstrap, seed=r, point=point)
         if not ps.proposals:
             break
         trained = []
@@ -164,7 +168,7 @@ def run_adaptive(grid, base, point, compute, grid_width, grid_cost, args) -> dic
             f"(expected {ps.width_after:.4f})",
             flush=True,
         )
-        if rec["width"] <= grid_width:
+        if rec["width"] <= grid_width and reached is None:
             reached = spent
     return {"rounds": rounds, "reached_compute": reached}
 
@@ -202,21 +206,59 @@ def summarise(grid_rec, curve, ad, grid_cost, observed, args) -> dict[str, Any]:
     }
 
 
+def observed_from_store(store: Path, experiment: str) -> float | None:
+    """Mean finished loss of the target trials in a copy of the store (None while none has finished)."""
+    grid, _, _ = load_grid(store, experiment)
+    return float(np.mean(grid.attrs["observed"])) if grid.attrs["observed"] else None
+
+
+def rescore(path: Path, observed: float) -> dict[str, Any]:
+    """Fill the absolute errors of a written result from the observed target loss (no refit, no training)."""
+    out = json.loads(path.read_text())
+    out["observed_target_loss"] = observed
+    out["abs_err_grid"] = abs(out["grid"]["predicted"] - observed)
+    out["abs_err_adaptive"] = abs(out["adaptive"]["rounds"][-1]["predicted"] - observed)
+    out["rescored_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    path.write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid-store", type=Path, required=True, help="the validation study's sqlite store")
+    p.add_argument("--grid-store", type=Path, default=None, help="the validation study's sqlite store")
+    p.add_argument("--rescore", type=Path, default=None, help="fill abs errors of this result JSON and stop")
     p.add_argument("--experiment", default="windtunnel_validation_cpu")
     p.add_argument(
         "--observed-loss", type=float, default=None, help="observed target loss (else the store's)"
     )
     p.add_argument("--k", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument(
+        "--adaptive-fraction",
+        type=float,
+        default=0.05,
+        help="the adaptive design's total compute (seed included) as a share of the grid's; split evenly "
+        "over the rounds as each round's budget",
+    )
     p.add_argument("--bootstrap", type=int, default=50)
     p.add_argument(
         "--seed-budgets", type=int, default=2, help="the ladder's smallest budgets the design starts from"
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.json")
     args = p.parse_args()
+    if args.rescore is not None:
+        obs = args.observed_loss
+        if obs is None and args.grid_store is not None:
+            obs = observed_from_store(args.grid_store, args.experiment)
+        if obs is None:
+            raise SystemExit(
+                "design.py: error: --rescore needs --observed-loss or a store with a finished target"
+            )
+        out = rescore(args.rescore, obs)
+        print(json.dumps({k: out[k] for k in ("observed_target_loss", "abs_err_grid", "abs_err_adaptive")}))
+        return 0
+    if args.grid_store is None:
+        raise SystemExit("design.py: error: --grid-store is required")
     t0 = time.perf_counter()
     grid, cfgs, targets = load_grid(args.grid_store, args.experiment)
     if not targets:

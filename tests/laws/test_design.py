@@ -35,6 +35,17 @@ def test_one_parameter_update_by_hand():
     assert d.var_after[0] == pytest.approx(g * g * s2 * sigma2 / (sigma2 + j * j * s2), rel=1e-12)
 
 
+def test_budgeted_design_does_not_waste_the_budget_on_cheap_runs():
+    # 1 parameter, budget 10: a cheap run (cost 1, j = 0.5) has the best reduction per FLOP, but taking it
+    # leaves no room for the decisive one (cost 10, j = 5); per-FLOP greedy alone would take the cheap run
+    s2, g, sigma2 = 1.0, 1.0, 0.1
+    J, cost = np.array([[0.5], [5.0]]), np.array([1.0, 10.0])
+    d = greedy_design(np.array([[s2]]), np.array([g]), J, cost, sigma2, k=2, budget=10.0)
+    assert d.chosen == [1]
+    assert d.var_after[-1] == pytest.approx(s2 * sigma2 / (sigma2 + 25.0 * s2))
+    assert greedy_design(np.array([[s2]]), np.array([g]), J, cost, sigma2, k=2).chosen == [0, 1]  # no budget
+
+
 def test_update_equals_information_form():
     rng = np.random.default_rng(1)
     A = rng.normal(size=(5, 5))
