@@ -4,7 +4,8 @@ Round r (1..rounds), after the sweep's studies have run and their laws are fitte
 1. fit the sweep's runs (its studies' and earlier rounds'; never the validation target's) and take the 95 %
    interval of the predicted loss at the target (``propose.fit_target``); stop when it is at most
    ``stop_at_pi_width`` wide, or when no proposed run fits in what is left of ``budget``;
-2. propose k runs (``propose.propose``) and record the proposal in MLflow before any of them starts: a
+2. propose k runs (``propose.propose``) within the round's budget (what is left of ``budget`` spread evenly
+   over the rounds left) and record the proposal in MLflow before any of them starts: a
    round run (tags ``windtunnel.role=adaptive_round``, ``adaptive_round=r``; params: each proposal's
    overrides of the sweep's base as JSON, the target, the expected width after);
 3. train the proposals through the sweep's Ray Tune path (``launch``), study ``adaptive_r{r}``, each
@@ -171,9 +172,10 @@ def _round_configs(
         tf = fit_target(df, a.target, a.bootstrap, seed=r)
         if tf.width <= a.stop_at_pi_width:
             return None, f"pi95 width {tf.width:.4f} <= stop_at_pi_width {a.stop_at_pi_width:g}"
-    ps = propose(df, base, a.target, a.k, left, a.bootstrap, seed=r, shape=shape)
+    round_budget = left / (a.rounds - r + 1)  # the budget left, spread evenly over the rounds left
+    ps = propose(df, base, a.target, a.k, round_budget, a.bootstrap, seed=r, shape=shape)
     if not ps.proposals:
-        return None, f"no proposed run fits in the {left:.3g} FLOPs left of adaptive.budget"
+        return None, f"no proposed run fits in this round's {round_budget:.3g} FLOPs of adaptive.budget"
     rec = record_round(client, exp_id, parent_id, r, ps)
     return [p.cfg for p in ps.proposals], f"expected width {ps.width_before:.4f} -> {ps.width_after:.4f}"
 
