@@ -160,7 +160,8 @@ def run_adaptive(grid, base, point, compute, grid_width, grid_cost, args) -> dic
             )
             runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
             spent += p.flops
-        rec = {"round": r, "compute": spent, "expected_width": ps.width_after, "runs": trained}
+        rec = {"round": r, "compute": spent, "width_at_proposal": ps.width_before}
+        rec.update(expected_width=ps.width_after, runs=trained)
         rec.update(fit_record(runs, point, compute, args))
         rounds.append(rec)
         print(
