@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("windtunnel.orchestrator.cli_schema", "print the sweep YAML's JSON Schema"),
     "fit": ("windtunnel.laws.cli", "fit scaling laws to a run table or an MLflow experiment"),
     "recommend": ("windtunnel.recommend.cli", "recommend a compute-optimal config from a law set"),
+    "propose": (
+        "windtunnel.orchestrator.cli_propose",
+        "propose the next runs that most narrow the 95 % interval at a target compute per FLOP",
+    ),
     "predict": ("windtunnel.cli_predict", "predict a run's final loss, 95 %% interval, before training it"),
     "dashboard": ("dashboards.cli_dashboard", "serve the web dashboard of fitted curves"),
     "report": ("dashboards.cli_report", "write a static HTML report and figures for an experiment"),

@@ -202,6 +202,8 @@ def _run_locked(
             st = effective_status(run)
             outcome.counts[st] = outcome.counts.get(st, 0) + 1
     fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
+    if spec.adaptive is not None:  # propose -> run -> fit rounds; the laws are refitted with their runs
+        _adaptive_phase(spec, ctx, outcome, address, sweep_dir, show_progress)
     if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
         from windtunnel.orchestrator.spec_target import TARGET_STUDY
         from windtunnel.orchestrator.validation import run_target_phase
@@ -220,6 +222,28 @@ def _run_locked(
     # sweep marks it RUNNING again (``ensure_parent_run``)
     with_retry(client.set_terminated, parent_id, "FINISHED")
     return outcome
+
+
+def _adaptive_phase(
+    spec: SweepSpec,
+    ctx: dict[str, Any],
+    outcome: SweepOutcome,
+    address: str | None,
+    sweep_dir: Path,
+    show: bool,
+) -> None:
+    """``adaptive.run_adaptive`` with its rounds launched like any trials; refit the laws when a round ran."""
+    from windtunnel.orchestrator.adaptive import run_adaptive
+    from windtunnel.orchestrator.fitting import fit_at_end
+    from windtunnel.orchestrator.progress import SweepProgress, make_callback
+
+    def launch_round(items: list[dict[str, Any]], r: int) -> None:
+        progress = SweepProgress(f"{spec.name} adaptive round {r}", len(items))
+        _run_tuners(spec, ctx, items, [], address, sweep_dir, progress, show, make_callback)
+
+    uri, parent_id = ctx["tracking_uri"], ctx["parent_run_id"]
+    if run_adaptive(spec, uri, parent_id, outcome, launch_round):
+        fit_at_end(spec, uri, parent_id, sweep_dir, outcome)
 
 
 def _run_tuners(

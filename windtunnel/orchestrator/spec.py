@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainer.config import DataConfig, RunConfig
 from windtunnel.errors import SpecError, one_line
+from windtunnel.orchestrator.spec_adaptive import ADAPTIVE_PREFIX, AdaptiveSpec
 from windtunnel.orchestrator.spec_target import TargetSpec
 
 
@@ -281,6 +282,9 @@ class SweepSpec(_Strict):
     limits: Limits = Field(default_factory=Limits, description="what a sweep may cost before it is refused")
     studies: list[Study] = Field(min_length=1)
     target: TargetSpec | None = Field(None, description="a run beyond the ladder, predicted before training")
+    adaptive: AdaptiveSpec | None = Field(
+        None, description="rounds of proposed runs that narrow the interval at a target compute"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
@@ -288,6 +292,12 @@ class SweepSpec(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate study names: {sorted(dup)}")
+        if self.adaptive is not None:
+            taken = [n for n in names if n.startswith(ADAPTIVE_PREFIX)]
+            if taken:
+                raise ValueError(
+                    f"studies: the name prefix {ADAPTIVE_PREFIX!r} is reserved for adaptive rounds"
+                )
         _check_seed_list(self.seeds)
         return self
 

@@ -72,6 +72,8 @@ def trial_tags(cfg: RunConfig, meta: dict[str, Any], ctx: dict[str, Any]) -> dic
     if meta.get("search_group"):
         tags["search_group"] = str(meta["search_group"])
         tags["group_key"] = str(meta.get("group_key", ""))
+    if meta.get("adaptive_round") is not None:
+        tags["adaptive_round"] = str(meta["adaptive_round"])
     if meta.get("budget") is not None:
         tags["budget"] = f"{meta['budget']:.6g}"
     return tags

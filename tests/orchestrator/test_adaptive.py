@@ -1,0 +1,76 @@
+"""The adaptive phase end to end on the real stack (Ray Tune, MLflow SQLite, the trainer): a micro IsoFLOP
+ladder, then one propose -> run -> fit round of k = 2; the round's proposal is recorded, its trials carry
+``adaptive_round``, the round logs ``pi95_width_at_target``; a second run of the sweep launches nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from micro_spec import MICRO_DATA, micro_base
+
+from windtunnel.orchestrator.adaptive import ROUND_ROLE, WIDTH_METRIC
+from windtunnel.orchestrator.tracking import ROLE, open_client, search_all, trial_runs
+
+pytestmark = [pytest.mark.slow]
+
+SPEC = {
+    "name": "micro_adaptive",
+    "data": dict(MICRO_DATA),
+    "base": micro_base(20_000),
+    "concurrency": 2,
+    "min_runs_to_fit": 6,
+    "fit": {"laws": ["parametric"], "bootstrap": 10},
+    "studies": [
+        {
+            "name": "ladder",
+            "ladder": {
+                "budgets": [3.0e8, 6.0e8],
+                "rule": {
+                    "n_sizes": 3,
+                    "d_model_min": 16,
+                    "d_model_max": 32,
+                    "head_dim": 8,
+                    "aspect_ratio": 64,
+                },
+            },
+        }
+    ],
+    "adaptive": {"target": 6.0e9, "rounds": 1, "k": 2, "bootstrap": 10, "budget": 1.0e9},
+}
+
+
+def _run(spec_path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "windtunnel.cli", "run", str(spec_path), "--no-progress"]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_one_round_recorded_run_and_resumed(tmp_path: Path) -> None:
+    spec_path = tmp_path / "a.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    proc = _run(spec_path, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "adaptive round 1: 2 runs" in proc.stdout, proc.stdout[-3000:]
+
+    client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("micro_adaptive").experiment_id
+    rounds = search_all(client, exp_id, f"tags.`{ROLE}` = '{ROUND_ROLE}'")
+    assert len(rounds) == 1 and rounds[0].data.tags["adaptive_round"] == "1"
+    assert rounds[0].data.params["n_proposals"] == "2"
+    assert WIDTH_METRIC in rounds[0].data.metrics and rounds[0].data.metrics[WIDTH_METRIC] > 0
+    runs = trial_runs(client, exp_id)
+    tagged = [r for r in runs.values() if r.data.tags.get("adaptive_round") == "1"]
+    assert len(tagged) == 2 and all(r.data.tags["status"] == "finished" for r in tagged)
+    assert all(r.data.tags["study"] == "adaptive_r1" for r in tagged)
+    assert len(runs) == 6 + 2
+
+    again = _run(spec_path, tmp_path)  # resume: the recorded round and its finished runs stand
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "recorded proposal" in again.stdout, again.stdout[-3000:]
+    assert len(trial_runs(client, exp_id)) == 8
+    assert len(search_all(client, exp_id, f"tags.`{ROLE}` = '{ROUND_ROLE}'")) == 1

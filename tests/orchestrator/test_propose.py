@@ -1,0 +1,116 @@
+"""``adaptive:`` block validation (one-line errors naming the field) and ``propose`` on a run table of real
+trainer shapes whose losses follow a known law: proposals the trainer accepts, an expected interval that
+narrows, and a sweep fragment the orchestrator expands into exactly those runs."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from micro_spec import MICRO_DATA, micro_base
+
+from trainer.config import RunConfig
+from trainer.flops import count_params, flops_per_token
+from windtunnel.errors import SpecError
+from windtunnel.orchestrator.propose import model_sizes, propose, shape_of, sweep_fragment
+from windtunnel.orchestrator.spec import expand, parse_spec
+from windtunnel.runtable import validate_run_table
+
+LADDER = {"budgets": [1.0e9], "rule": {"n_sizes": 3, "d_model_min": 16, "d_model_max": 48, "head_dim": 8}}
+
+
+def _spec(**extra) -> dict:
+    spec = {
+        "name": "adaptive_spec",
+        "data": dict(MICRO_DATA),
+        "base": micro_base(40_000),
+        "studies": [{"name": "ladder", "ladder": LADDER}],
+    }
+    spec.update(extra)
+    return spec
+
+
+def test_adaptive_block_parses():
+    spec = parse_spec(_spec(adaptive={"target": 1e11, "rounds": 2, "k": 3, "stop_at_pi_width": 0.05}))
+    assert spec.adaptive.rounds == 2 and spec.adaptive.k == 3 and spec.adaptive.budget is None
+
+
+@pytest.mark.parametrize(
+    ("block", "needle"),
+    [
+        ({"target": 1e11, "rounds": 0}, "adaptive.rounds: Input should be greater than or equal to 1"),
+        ({"target": -1.0, "rounds": 1}, "adaptive.target: Input should be greater than 0"),
+        ({"rounds": 1}, "adaptive.target: Field required"),
+        ({"target": 1e11, "rounds": 1, "k": 0}, "adaptive.k: Input should be greater than or equal to 1"),
+        ({"target": 1e11, "rounds": 1, "stop_at_pi_width": 0}, "adaptive.stop_at_pi_width: Input should be"),
+        ({"target": 1e11, "rounds": 1, "budget": ".inf"}, "adaptive.budget: must be a finite number"),
+        ({"target": 1e11, "rounds": 1, "round": 2}, "adaptive.round: unknown field"),
+    ],
+)
+def test_adaptive_block_errors_are_one_line(block, needle):
+    if block.get("budget") == ".inf":
+        block = {**block, "budget": float("inf")}
+    with pytest.raises(SpecError) as err:
+        parse_spec(_spec(adaptive=block))
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_reserved_study_prefix():
+    data = _spec(adaptive={"target": 1e11, "rounds": 1})
+    data["studies"][0]["name"] = "adaptive_r1"
+    with pytest.raises(SpecError, match="reserved for adaptive rounds"):
+        parse_spec(data)
+
+
+def test_cli_refuses_bad_arguments_in_one_line():
+    cmd = [sys.executable, "-m", "windtunnel", "propose", "--experiment", "x", "--target", "-5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == "windtunnel propose: error: --target must be a positive finite compute in FLOPs, got -5.0"
+    )
+
+
+def _law_runs(base: RunConfig) -> pd.DataFrame:
+    """Runs of the micro rule's shapes at 3 IsoFLOP budgets; L = E + A/N^alpha + B/D^beta, 0.3 % noise."""
+    shape = shape_of(base)
+    rng = np.random.default_rng(0)
+    rows = []
+    for cfg, n in model_sizes(base, shape, 3e3, 3e4):
+        m = float(flops_per_token(cfg.model))
+        for c in (2e9, 6e9, 2e10):
+            d = c / m
+            loss = (1.5 + 40.0 / n**0.3 + 60.0 / d**0.3) * math.exp(0.003 * rng.standard_normal())
+            rows.append({"params": n, "m": m, "tokens": d, "compute": c, "loss": loss, "lr": 3e-3})
+    runs = pd.DataFrame(rows)
+    runs["batch_tokens"] = base.batch_tokens
+    return validate_run_table(runs)
+
+
+def test_propose_gives_runnable_runs_that_narrow_the_interval():
+    base = RunConfig.from_dict({**micro_base(40_000), "data": MICRO_DATA})
+    runs = _law_runs(base)
+    ps = propose(runs, base, target_compute=2e11, k=2, bootstrap=20, seed=0)
+    assert len(ps.proposals) == 2
+    assert ps.width_after < ps.width_before
+    widths = [p.width_after for p in ps.proposals]
+    assert widths == sorted(widths, reverse=True)  # each pick narrows it further
+    for p in ps.proposals:
+        assert p.params == pytest.approx(count_params(p.cfg.model).active_nonembed)
+        assert p.cfg.optim.tokens == p.tokens and p.tokens % base.batch_tokens == 0
+        assert p.cfg.optim.lr == base.optim.lr  # no identified lr_opt law: the base's lr
+    assert any("base values" in n for n in ps.notes)
+    # the fragment is a studies block the orchestrator expands into exactly these runs
+    frag = yaml.safe_load(yaml.safe_dump(sweep_fragment(ps)))
+    spec = parse_spec({"name": "next", "data": dict(MICRO_DATA), "base": micro_base(40_000), **frag})
+    trials = expand(spec).trials
+    want = {(p.cfg.model.d_model, p.tokens) for p in ps.proposals}
+    assert {(t.run_cfg.model.d_model, t.run_cfg.optim.tokens) for t in trials} == want
+    assert {t.run_cfg.config_hash() for t in trials} == {p.cfg.config_hash() for p in ps.proposals}

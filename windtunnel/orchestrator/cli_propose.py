@@ -1,0 +1,121 @@
+"""``windtunnel propose``: the k next runs of an experiment that most narrow the 95 % interval of the
+predicted loss at a target compute per FLOP (``propose.py``, ``windtunnel.laws.design``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from windtunnel.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="MLflow experiment name (a sweep's name)")
+    parser.add_argument("--target", type=float, required=True, help="target compute C in FLOPs (C = M*D)")
+    parser.add_argument("--k", type=int, default=4, help="how many runs to propose")
+    parser.add_argument("--budget", type=float, default=math.inf, help="FLOPs the k runs may spend in all")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples of the law fit")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="write the proposals as a sweep YAML fragment")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.target) and args.target > 0):
+        raise UserError(f"--target must be a positive finite compute in FLOPs, got {args.target}")
+    if args.k < 1:
+        raise UserError(f"--k must be >= 1, got {args.k}")
+    if not args.budget > 0:
+        raise UserError(f"--budget must be > 0 FLOPs, got {args.budget}")
+    if args.bootstrap < 2:
+        raise UserError(f"--bootstrap must be >= 2 (the design needs a covariance), got {args.bootstrap}")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a directory; give the YAML file to write")
+
+
+def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(run table without the validation target's runs, the RunConfig of the largest finished run)."""
+    from mlflow import MlflowClient
+
+    from trainer.config import RunConfig
+    from windtunnel.laws.cli import _load_runs
+    from windtunnel.orchestrator.propose import config_from_params
+    from windtunnel.orchestrator.spec_target import TARGET_STUDY
+
+    ns = argparse.Namespace(runs=None, experiment=args.experiment, tracking_uri=args.tracking_uri)
+    runs = _load_runs(ns)
+    if "study" in runs:
+        runs = runs[runs["study"] != TARGET_STUDY].reset_index(drop=True)
+    done = runs[runs["status"] == "finished"]
+    if len(done) == 0:
+        raise UserError(f"experiment {args.experiment!r} has no finished runs")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    top = done.loc[done["compute"].idxmax(), "run_id"]
+    try:
+        run = MlflowClient(uri).get_run(top)
+        text = run.data.tags.get("run_config")
+        base = RunConfig.model_validate_json(text) if text else config_from_params(run.data.params)
+    except ValueError as err:
+        raise UserError(f"run {top}: its tags and params do not give a trainer config ({err})") from None
+    return runs, base
+
+
+def print_proposals(ps: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"proposed runs for the target C = {ps.target_compute:.3g} FLOPs")
+    for col in ("#", "N (params)", "D (tokens)", "shape", "lr", "batch", "FLOPs", "pi95 width after"):
+        table.add_column(col)
+    for i, p in enumerate(ps.proposals):
+        m = p.cfg.model
+        shape = f"d{m.d_model} L{m.n_layers} h{m.n_heads}/{m.n_kv_heads} ffn{m.d_ffn}"
+        table.add_row(
+            str(i + 1),
+            f"{p.params:.4g}",
+            f"{p.tokens:,}",
+            shape,
+            f"{p.cfg.optim.lr:.3g}",
+            str(p.cfg.optim.batch_size),
+            f"{p.flops:.3g}",
+            f"{p.width_after:.4f}",
+        )
+    console.print(table)
+    lo, hi = ps.pi95_law
+    console.print(
+        f"predicted loss at the target {ps.predicted:.4f}, law pi95 [{lo:.4f}, {hi:.4f}] "
+        f"(width {hi - lo:.4f}); expected pi95 width {ps.width_before:.4f} before, "
+        f"{ps.width_after:.4f} after ({ps.flops:.3g} FLOPs)",
+        highlight=False,
+    )
+    for note in ps.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    import yaml
+
+    from windtunnel.orchestrator.propose import propose, sweep_fragment
+
+    check_args(args)
+    runs, base = load_experiment(args)
+    try:
+        ps = propose(runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed)
+    except ValueError as err:
+        raise UserError(str(err).splitlines()[0]) from None
+    print_proposals(ps)
+    if args.out is not None:
+        try:
+            args.out.write_text(yaml.safe_dump(sweep_fragment(ps), sort_keys=False))
+        except OSError as err:
+            raise UserError(f"--out {args.out}: cannot write ({err.strerror or err})") from None
+        print(f"wrote {args.out} ({len(ps.proposals)} studies)")
+    return 0 if ps.proposals else 1
