@@ -190,7 +190,7 @@ def summarise(grid_rec, curve, ad, grid_cost, observed, args) -> dict[str, Any]:
         "pi_width_adaptive": last["width"],
         "abs_err_grid": err(grid_rec["predicted"]),
         "abs_err_adaptive": err(last["predicted"]),
-        "branch_point_max_abs_diff": None,
+        "branch_point_max_abs_diff": branch_point_diff()[0],
         "grid_compute": grid_cost,
         "adaptive_compute": last["compute"],
         "pi_width_grid_at_adaptive_compute": width_at(curve, last["compute"]),
@@ -199,7 +199,7 @@ def summarise(grid_rec, curve, ad, grid_cost, observed, args) -> dict[str, Any]:
         "grid_curve": curve,
         "adaptive": ad,
         "notes": [
-            "branch_point_max_abs_diff: null here; the many-points-per-run validation measures it",
+            branch_point_diff()[1],
             "adaptive design without many points per run (one point per trained run)",
             "compute = training FLOPs with the output layer (expand.trial_flops) for both designs",
         ],
@@ -213,12 +213,24 @@ def observed_from_store(store: Path, experiment: str) -> float | None:
     return float(np.mean(grid.attrs["observed"])) if grid.attrs["observed"] else None
 
 
+def branch_point_diff() -> tuple[float | None, str]:
+    """The many-points-per-run validation's max |point − independent run| (nats), from its own result
+    (``benchmarks/branch_points.py``), and where it came from."""
+    src = Path(__file__).resolve().parent / "results" / "branch_points.json"
+    if not src.exists():
+        return None, "branch_point_max_abs_diff: null; run benchmarks/branch_points.py first"
+    val = json.loads(src.read_text()).get("branch_point_max_abs_diff")
+    return val, f"branch_point_max_abs_diff from {src.name} (benchmarks/branch_points.py, WSM points)"
+
+
 def rescore(path: Path, observed: float) -> dict[str, Any]:
     """Fill the absolute errors of a written result from the observed target loss (no refit, no training)."""
     out = json.loads(path.read_text())
     out["observed_target_loss"] = observed
     out["abs_err_grid"] = abs(out["grid"]["predicted"] - observed)
     out["abs_err_adaptive"] = abs(out["adaptive"]["rounds"][-1]["predicted"] - observed)
+    out["branch_point_max_abs_diff"], note = branch_point_diff()
+    out["notes"] = [n for n in out.get("notes", []) if not n.startswith("branch_point_max_abs_diff")] + [note]
     out["rescored_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     path.write_text(json.dumps(out, indent=2, default=float))
     return out
