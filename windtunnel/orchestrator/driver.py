@@ -205,23 +205,35 @@ def _run_locked(
     if spec.adaptive is not None:  # propose -> run -> fit rounds; the laws are refitted with their runs
         _adaptive_phase(spec, ctx, outcome, address, sweep_dir, show_progress)
     if spec.target is not None:  # predict beyond the ladder, record, train the target, compare
-        from windtunnel.orchestrator.spec_target import TARGET_STUDY
-        from windtunnel.orchestrator.validation import run_target_phase
-
-        def launch(cfgs: list[RunConfig], keys: list[str], manifests: list[str], budget: float) -> None:
-            items = [
-                trial_item(c, TARGET_STUDY, "target", budget, m) for c, m in zip(cfgs, manifests, strict=True)
-            ]
-            target_progress = SweepProgress(f"{spec.name} target", len(items))
-            _run_tuners(
-                spec, ctx, items, [], address, sweep_dir, target_progress, show_progress, make_callback
-            )
-
-        run_target_phase(spec, uri, parent_id, sweep_dir, outcome, launch)
+        _target_phase(spec, ctx, outcome, address, sweep_dir, show_progress)
     # the parent run gets its MLflow end time only now (laws and figures are its artifacts); a re-run of the
     # sweep marks it RUNNING again (``ensure_parent_run``)
     with_retry(client.set_terminated, parent_id, "FINISHED")
     return outcome
+
+
+def _target_phase(
+    spec: SweepSpec,
+    ctx: dict[str, Any],
+    outcome: SweepOutcome,
+    address: str | None,
+    sweep_dir: Path,
+    show_progress: bool,
+) -> None:
+    """The validation phase (``validation.run_target_phase``) with the target trials launched through the
+    same Ray Tune / MLflow path as the ladder."""
+    from windtunnel.orchestrator.progress import SweepProgress, make_callback
+    from windtunnel.orchestrator.spec_target import TARGET_STUDY
+    from windtunnel.orchestrator.validation import run_target_phase
+
+    def launch(cfgs: list[RunConfig], keys: list[str], manifests: list[str], budget: float) -> None:
+        items = [
+            trial_item(c, TARGET_STUDY, "target", budget, m) for c, m in zip(cfgs, manifests, strict=True)
+        ]
+        target_progress = SweepProgress(f"{spec.name} target", len(items))
+        _run_tuners(spec, ctx, items, [], address, sweep_dir, target_progress, show_progress, make_callback)
+
+    run_target_phase(spec, ctx["tracking_uri"], ctx["parent_run_id"], sweep_dir, outcome, launch)
 
 
 def _adaptive_phase(
