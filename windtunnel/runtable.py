@@ -165,11 +165,13 @@ def expand_points(row: dict, stored: dict[str, float]) -> list[dict]:
 
 
 def point_rows(df: pd.DataFrame) -> pd.Series:
-    """True for the rows taken from a run below its end (f < 1); False for every run's own row."""
-    if "parent_run_id" not in df.columns:
+    """True for the rows taken from a run below its end (``point_fraction`` < 1); False for every run's own
+    row. Decided by ``point_fraction`` alone: a table may carry a ``parent_run_id`` of another meaning (the
+    dashboard's, the MLflow sweep run a trial belongs to)."""
+    if "point_fraction" not in df.columns:
         return pd.Series(False, index=df.index)
-    parent = df["parent_run_id"].fillna("").astype(str)
-    return (parent != "") & (parent != df["run_id"].astype(str))
+    f = pd.to_numeric(df["point_fraction"], errors="coerce")
+    return f.notna() & (f < 1.0)
 
 
 def sweep_compute(df: pd.DataFrame) -> float:
