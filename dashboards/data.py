@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards import sqlstore
+from windtunnel.orchestrator.adaptive import ROUND_ROLE
 from windtunnel.predict import PREDICTION_ROLE
 from windtunnel.runtable import validate_run_table
 
@@ -196,10 +197,10 @@ STATUS_RANK = {"finished": 4, "diverged": 3, "pruned": 2, "killed": 2, "failed":
 
 def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     """Turn ``mlflow.search_runs``-shaped rows into run-table rows (trial runs only: no sweep parents, no
-    recorded predictions) plus bookkeeping columns: ``state`` (the trial's status tag, else MLflow's
-    status), ``mlflow_status``, ``start_time``, ``end_time``, ``run_name``, ``parent_run_id``, ``study``
-    (the sweep study that launched it), ``seed``. A config hash logged twice keeps its most advanced run (as
-    ``windtunnel.orchestrator.tracking.trial_runs`` does)."""
+    recorded predictions, no adaptive round runs) plus bookkeeping columns: ``state`` (the trial's status
+    tag, else MLflow's status), ``mlflow_status``, ``start_time``, ``end_time``, ``run_name``,
+    ``parent_run_id``, ``study`` (the sweep study that launched it), ``seed``. A config hash logged twice
+    keeps its most advanced run (as ``windtunnel.orchestrator.tracking.trial_runs`` does)."""
     extra = ["state", "mlflow_status", "start_time", "end_time", "run_name", "parent_run_id", "study", "seed"]
     if search_df.empty:
         return validate_run_table(pd.DataFrame({"run_id": pd.Series([], dtype=str)})).assign(
@@ -208,7 +209,9 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     df = search_df
     parent = _column(df, "tags.mlflow.parentRunId")
     role = _column(df, "tags.windtunnel.role")
-    not_trial = df["run_id"].isin(set(parent.dropna())) | role.isin(["parent", "sweep", PREDICTION_ROLE])
+    not_trial = df["run_id"].isin(set(parent.dropna())) | role.isin(
+        ["parent", "sweep", PREDICTION_ROLE, ROUND_ROLE]
+    )
     df, parent = df[~not_trial], parent[~not_trial]
     table = pd.DataFrame({"run_id": df["run_id"].to_numpy()})
     for col, sources in SOURCES.items():

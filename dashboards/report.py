@@ -1,7 +1,8 @@
 """Static report: one self-contained HTML file (plotly.js inlined, opens offline) plus PNG/SVG figures.
 
 The HTML holds the same figures as the dashboard (``dashboards.figures``), and the validation study's panel
-and table when the experiment has one (``dashboards.validation``); the paper figures are redrawn with
+and table when the experiment has one (``dashboards.validation``), and the adaptive-design rounds' panel when
+it has any (``dashboards.adaptive_panel``); the paper figures are redrawn with
 matplotlib from those very figure objects (``plotly_to_matplotlib``), so both always agree.
 """
 
@@ -17,6 +18,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from dashboards import analysis, figures
+from dashboards.adaptive_panel import AdaptiveRounds, load_rounds
 from dashboards.data import load_sweeps
 from dashboards.validation import ValidationStudy, load_study
 from dashboards.views import DEFAULT_TARGET, GRAPHS, build_figures
@@ -35,6 +37,7 @@ TITLES = {
     "lev-G": "Efficiency leverage vs granularity",
     "resid": "Backtest residuals",
     "validation": "Validation study",
+    "adaptive": "Adaptive design",
 }
 PAPER_FIGURES = ("isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid")
 
@@ -139,6 +142,17 @@ def _validation_section(fig: go.Figure, study: ValidationStudy) -> list[str]:
     ]
 
 
+def _adaptive_section(fig: go.Figure, rounds: AdaptiveRounds) -> list[str]:
+    """The adaptive rounds' heading, their panel (charts and tables) and the round table as plain HTML."""
+    return [
+        "<h2>Adaptive design: the interval at the target, round by round</h2>",
+        "<div id='fig-adaptive'>",
+        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="g-adaptive"),
+        "</div>",
+        rounds.round_table().to_html(index=False, escape=True, classes="adaptive-table"),
+    ]
+
+
 def write_report(
     tracking_uri: str,
     experiment: str,
@@ -151,8 +165,10 @@ def write_report(
     (outdir / "figures").mkdir(parents=True, exist_ok=True)
     laws, laws_note = _laws_for(tracking_uri, experiment, laws_path)
     figs = build_figures(tracking_uri, experiment, laws, None, None, target, curve_limit=200)
-    study = load_study(load_sweeps(tracking_uri, experiment), tracking_uri, laws)
-    grid = [g for g in GRAPHS if g != "validation"]
+    data = load_sweeps(tracking_uri, experiment)
+    study = load_study(data, tracking_uri, laws)
+    rounds = load_rounds(data, tracking_uri)
+    grid = [g for g in GRAPHS if g not in ("validation", "adaptive")]
     rec = analysis.recommendation(laws, target) if laws.laws else None
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -184,6 +200,8 @@ def write_report(
     parts.append("</div>")
     if study is not None:
         parts += _validation_section(figs["validation"], study)
+    if rounds is not None:
+        parts += _adaptive_section(figs["adaptive"], rounds)
     if rec is not None:
         parts.append(f"<h2>Recommendation at {target:.3g} FLOPs</h2><p>{html.escape(rec.note)}</p>")
         parts.append(rec.summary.to_html(index=False, escape=True))

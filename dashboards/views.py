@@ -16,6 +16,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from dashboards import analysis, figures
+from dashboards.adaptive_panel import adaptive_figure, load_rounds
 from dashboards.data import Cache, load_sweeps, loss_curves
 from dashboards.validation import load_study
 from dashboards.validation_figure import validation_figure
@@ -23,7 +24,10 @@ from windtunnel.laws import LawSet
 from windtunnel.recommend.policy import RECOMMEND_COMPUTE
 
 DEFAULT_TARGET = RECOMMEND_COMPUTE  # Ling-1T's training compute (docs/DESIGN.md)
-GRAPHS = ["progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid", "validation"]
+GRAPHS = [
+    *("progress", "curves", "isoflop", "frontier", "lr", "batch", "lev-A", "lev-G", "resid"),
+    *("validation", "adaptive"),
+]
 # tab value -> (label, graphs on it); the first tab is what a page open draws
 TABS: dict[str, tuple[str, list[str]]] = {
     "overview": ("Progress & frontier", ["progress", "frontier"]),
@@ -33,6 +37,7 @@ TABS: dict[str, tuple[str, list[str]]] = {
     "leverage": ("Efficiency leverage", ["lev-A", "lev-G"]),
     "backtest": ("Backtest residuals", ["resid"]),
     "validation": ("Validation study", ["validation"]),
+    "adaptive": ("Adaptive design", ["adaptive"]),
 }
 FIRST_TAB = "overview"
 FIGURE_CACHE = Cache(256)
@@ -101,6 +106,7 @@ def build_figures(
         "resid": lambda: figures.residuals_figure(analysis.residuals(runs, laws), laws),
         # the experiment's study as a whole: the sweep and family filters do not cut its ladder or target
         "validation": lambda: validation_figure(load_study(data, tracking_uri, laws)),
+        "adaptive": lambda: adaptive_figure(load_rounds(data, tracking_uri)),
     }
     out: dict[str, Any] = {}
     for g in wanted:

@@ -26,6 +26,7 @@ EXPECTED_TRACES = {
     "lev-G": 4,  # A in 1.6%, 3.1%, 7.8%, 25%
     "resid": 2,  # in fit, held out
     "validation": 0,  # no target prediction in the seeded store: an empty panel saying so
+    "adaptive": 0,  # no adaptive round in the seeded store: an empty panel saying so
 }
 TOKEN = "s3cret-token-123"
 

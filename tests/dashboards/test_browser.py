@@ -58,7 +58,8 @@ def test_dashboard_renders_every_tab(chromium, served: str, store: dict, output_
     chromium.save_screenshot(str(output_dir / "dashboard.png"))
     for tab, (_, graphs) in TABS.items():
         t0 = time.perf_counter()
-        drawn = open_tab(chromium, tab, _ids(graphs))  # the seeded store has no validation study: empty panel
+        # the seeded store has no validation study and no adaptive round: their panels are empty
+        drawn = open_tab(chromium, tab, _ids(graphs))
         print(f"tab {tab}: {time.perf_counter() - t0:.2f} s")
         assert drawn == {f"g-{g}": EXPECTED_TRACES[g] for g in graphs}, tab
         chromium.save_screenshot(str(output_dir / f"dashboard-{tab}.png"))
@@ -103,9 +104,11 @@ def test_static_report_opens_offline(chromium, store: dict, tmp_path, output_dir
     out = write_report(store["uri"], store["experiment"], tmp_path / "report", store["laws"])
     console_errors(chromium)
     chromium.get(out["html"].as_uri())
-    # the report holds the validation panel only for an experiment with a validation study
-    wait_for_graphs(chromium, len(GRAPHS) - 1)
-    assert _traces(chromium) == {f"g-{g}": n for g, n in EXPECTED_TRACES.items() if g != "validation"}
+    # the report holds the validation and adaptive panels only for an experiment with a validation study
+    # and adaptive rounds
+    wait_for_graphs(chromium, len(GRAPHS) - 2)
+    panels = ("validation", "adaptive")
+    assert _traces(chromium) == {f"g-{g}": n for g, n in EXPECTED_TRACES.items() if g not in panels}
     chromium.save_screenshot(str(output_dir / "report.png"))
     assert console_errors(chromium) == []
 
