@@ -88,7 +88,8 @@ def wait_for_graphs(driver: Any, n_graphs: int, timeout_s: float = 60.0) -> list
     raise TimeoutError(f"graphs not rendered within {timeout_s} s: {state}")
 
 
-EMPTY_PANELS = ("g-validation",)  # drawn with no trace when the experiment has nothing to show there
+# drawn with no trace when the experiment has nothing to show there
+EMPTY_PANELS = ("g-validation", "g-adaptive")
 
 
 def wait_for_graph_ids(
