@@ -62,7 +62,8 @@ class AdaptiveRounds:
         return out
 
     def round_table(self) -> pd.DataFrame:
-        """One line per round: widths (measured and expected at proposal time), runs added, compute."""
+        """One line per round: widths (the design's before and expected after, recorded at proposal time;
+        the measured one after the round), runs added (and proposed), compute."""
         p = self.per_round()
 
         def num(v: float, fmt: str) -> str:
@@ -71,8 +72,8 @@ class AdaptiveRounds:
         return pd.DataFrame(
             {
                 "round": p["round"].astype(str),
-                "pi95 width before": [num(v, ".4f") for v in p["width_before"]],
-                "expected after": [num(v, ".4f") for v in p["expected_width_after"]],
+                "design width before": [num(v, ".4f") for v in p["width_before"]],
+                "design expected after": [num(v, ".4f") for v in p["expected_width_after"]],
                 "measured after": [num(v, ".4f") for v in p["measured_width"]],
                 "runs (proposed)": [f"{n} ({k})" for n, k in zip(p["n_runs"], p["n_proposals"], strict=True)],
                 "FLOPs added": [f"{v:.3g}" for v in p["added_flops"]],
@@ -143,30 +144,36 @@ def load_rounds(data: Any, tracking_uri: str) -> AdaptiveRounds | None:
 
 
 def _width_traces(fig: go.Figure, p: pd.DataFrame) -> None:
-    """Row 1, left: the width before round 1 (round 0), the measured width after each round, and the width
-    the design expected after it when it proposed the round's runs."""
-    x0 = [0] + p["round"].tolist()
-    y0 = [p["width_before"].iloc[0]] + p["measured_width"].tolist()
+    """Row 1, left: the measured width after each round (the refitted law's 95 % interval at the target),
+    and per round the design's linearised width, from before its proposals (at r - 1) to the width it
+    expected after them (at r), both recorded when the round was proposed."""
+    done = p[np.isfinite(p["measured_width"])]
     fig.add_trace(
         go.Scatter(
-            x=x0,
-            y=y0,
+            x=done["round"],
+            y=done["measured_width"],
             mode="lines+markers",
             name="pi95 width at target (measured)",
             marker=dict(color="#1f77b4", size=9),
-            hovertemplate="round %{x}: width %{y:.4f}<extra></extra>",
+            hovertemplate="after round %{x}: width %{y:.4f}<extra></extra>",
         ),
         row=1,
         col=1,
     )
+    x_design: list[float | None] = []
+    y_design: list[float | None] = []
+    for r, before, after in zip(p["round"], p["width_before"], p["expected_width_after"], strict=True):
+        x_design += [r - 1, r, None]
+        y_design += [before, after, None]
     fig.add_trace(
         go.Scatter(
-            x=p["round"],
-            y=p["expected_width_after"],
-            mode="markers",
-            name="expected at proposal (design)",
-            marker=dict(color="#ff7f0e", size=10, symbol="diamond-open"),
-            hovertemplate="round %{x}: expected %{y:.4f}<extra></extra>",
+            x=x_design[:-1],
+            y=y_design[:-1],
+            mode="lines+markers",
+            name="design: before -> expected after (at proposal)",
+            line=dict(color="#ff7f0e", dash="dash"),
+            marker=dict(color="#ff7f0e", size=9, symbol="diamond-open"),
+            hovertemplate="round %{x}: design width %{y:.4f}<extra></extra>",
         ),
         row=1,
         col=1,
@@ -221,7 +228,7 @@ def adaptive_figure(rounds: AdaptiveRounds | None) -> go.Figure:
     fig = make_subplots(
         rows=3,
         cols=2,
-        row_heights=[0.5, 0.2, 0.3],
+        row_heights=[0.5, 0.17, 0.33],
         vertical_spacing=0.08,
         specs=[[{"type": "xy"}, {"type": "xy"}], [{"type": "table", "colspan": 2}, None]]
         + [[{"type": "table", "colspan": 2}, None]],
@@ -229,7 +236,7 @@ def adaptive_figure(rounds: AdaptiveRounds | None) -> go.Figure:
     )
     target = p["target_compute"].iloc[-1]
     fig.update_layout(
-        **{**LAYOUT, "height": HEIGHT},
+        **{**LAYOUT, "height": HEIGHT, "margin": dict(l=60, r=20, t=90, b=40)},
         title=f"Adaptive design: {len(p)} round(s) narrowing the interval at C = {target:.3g} FLOPs",
     )
     _width_traces(fig, p)
@@ -239,5 +246,5 @@ def adaptive_figure(rounds: AdaptiveRounds | None) -> go.Figure:
     fig.update_xaxes(title="round (0 = the sweep's studies)", dtick=1, row=1, col=1)
     fig.update_xaxes(title="round", dtick=1, row=1, col=2)
     fig.update_yaxes(title="pi95 width (nats)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title="FLOPs", type="log", row=1, col=2)
+    fig.update_yaxes(title="FLOPs", rangemode="tozero", row=1, col=2)
     return fig

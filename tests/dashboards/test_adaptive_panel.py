@@ -128,9 +128,9 @@ def test_rounds_widths_runs_and_cumulative_compute(store: dict) -> None:
     assert sorted(runs["N"] + "/" + runs["D"]) == want
 
     fig = adaptive_figure(rounds)
-    measured, expected, bars, cumulative, _, _ = fig.data
-    assert list(measured.x) == [0, 1, 2] and list(measured.y) == [0.30, 0.21, 0.16]
-    assert list(expected.y) == [0.18, 0.15]
+    measured, design, bars, cumulative, _, _ = fig.data
+    assert list(measured.x) == [1, 2] and list(measured.y) == [0.21, 0.16]
+    assert list(design.x) == [0, 1, None, 1, 2] and list(design.y) == [0.30, 0.18, None, 0.21, 0.15]
     assert list(bars.y) == pytest.approx([c0, c1, c2])
     assert list(cumulative.y) == pytest.approx([c0, c0 + c1, c0 + c1 + c2])
 
@@ -140,13 +140,14 @@ def test_round_in_progress_shows_pending(tmp_path: Path) -> None:
     rounds = load_rounds(load_sweeps(info["uri"], EXPERIMENT), info["uri"])
     table = rounds.round_table()
     assert table["measured after"].tolist() == [f"{ROUNDS[1][3]:.4f}", "pending"]
+    assert list(adaptive_figure(rounds).data[0].x) == [1]  # no measured point for the round in progress
     assert "running" in rounds.run_table()["state"].tolist()
 
 
 def test_dashboard_tab_and_report(store: dict, tmp_path: Path) -> None:
     assert TABS["adaptive"] == ("Adaptive design", ["adaptive"]) and "adaptive" in GRAPHS
     figs = build_figures(store["uri"], EXPERIMENT, LawSet(), None, None, TARGET_C, graphs=["adaptive"])
-    assert len(figs["adaptive"].data) == 6  # width measured, expected, bars, cumulative, two tables
+    assert len(figs["adaptive"].data) == 6  # width measured, design, bars, cumulative, two tables
     laws = str(LawSet().to_json(tmp_path / "laws.json"))  # no law: the report fits nothing
     out = write_report(store["uri"], EXPERIMENT, tmp_path / "report", laws, target=TARGET_C)
     html = out["html"].read_text()
