@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the scal
 from scaleout.tracking_server import (  # noqa: E402
     TrackingServer,
     check_sweep_store,
+    expected_steps,
     finish_sweep,
     kill_group,
     micro_spec,
@@ -46,7 +47,10 @@ from windtunnel.orchestrator.tracking import (  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
-OUTAGE_SPEC = micro_spec("outage", [1e-3, 1e-2], tokens=200 * 512, fit=False)  # 2 trials x 200 steps
+# 2 trials x OUTAGE_STEPS steps: long enough (~25 ms a step) that a trial is still training when its first
+# metric flush (every 10 s) reaches the store and the server is killed; 200 steps could all be done by then
+OUTAGE_STEPS = 1000
+OUTAGE_SPEC = micro_spec("outage", [1e-3, 1e-2], tokens=OUTAGE_STEPS * 512, fit=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +100,9 @@ def test_tracking_server_killed_mid_sweep_loses_nothing(server: TrackingServer, 
     finally:
         kill_group(proc)
     assert rc == 0, out[-4000:]
-    counts = check_sweep_store(client, "outage", n_trials=2, total_steps=200)  # nothing lost, no duplicate
-    assert counts["points_checked"] == 2 * (4 * 40 + 20)
+    counts = check_sweep_store(client, "outage", n_trials=2, total_steps=OUTAGE_STEPS)  # none lost or doubled
+    n_val = len(range(10, OUTAGE_STEPS + 1, 10))
+    assert counts["points_checked"] == 2 * (4 * len(expected_steps(OUTAGE_STEPS)) + n_val)
     for run_id in running:  # the trial that was logging at the kill
         assert client.get_run(run_id).data.tags["attempts"] == "1", "buffered, not survived by a retry"
     # metrics a trial produced while the server was down (timestamped then, sent later) are in the store
@@ -198,7 +203,7 @@ def test_artifact_disk_full_is_one_clear_line_and_runs_are_intact(
         assert "HTTP 500" in line and "full or not writable" in line
         assert "No space left on device" in (server.root / "mlflow.log").read_text()
         client = MlflowClient(server.uri)
-        check_sweep_store(client, "outage", n_trials=2, total_steps=200)  # runs and metrics intact
+        check_sweep_store(client, "outage", n_trials=2, total_steps=OUTAGE_STEPS)  # runs, metrics intact
 
         # (b) a local artifact store (SQLite tracking, artifacts on the full disk): the OS error is named
         local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
