@@ -5,7 +5,7 @@
 2. The target point: the compute-optimal (N, D) of the fitted law at C_target
    (``design.compute_optimal_point`` with k = M/N of the experiment's largest run, so that C = M·D as
    the run table counts compute).
-3. Candidates: every model of the experiment's width/depth rule (``validation.size_for``'s rule: n_heads
+3. Candidates: every model of the experiment's width/depth rule (``validation.shape_models``: n_heads
    steps of head_dim, n_layers = d_model / aspect ratio, d_ffn = ffn_mult·d_model, as the ladder's
    ``LadderRule``) from the smallest run's size up to the target's, times token counts log-spaced from the
    smallest run's D to the target's D; cost = ``expand.trial_flops`` (the trainer's own accounting). Points
@@ -101,23 +101,10 @@ def model_sizes(
     """(config, N) of every model of the rule with N (non-embedding active params) within
     [n_min/1.5, 1.5·n_max]."""
     from trainer.flops import count_params
-    from windtunnel.orchestrator.spec import LadderRule
+    from windtunnel.orchestrator.validation import shape_models
 
-    moe = base.model.moe is not None
     out = []
-    for n_heads in range(shape.kv_ratio, shape.d_model_max // shape.head_dim + 1, shape.kv_ratio):
-        d = n_heads * shape.head_dim
-        rule = LadderRule(
-            n_sizes=1,
-            d_model_min=d,
-            d_model_max=d,
-            head_dim=shape.head_dim,
-            aspect_ratio=shape.aspect_ratio,
-            ffn_mult=shape.ffn_mult,
-            kv_ratio=shape.kv_ratio,
-            granularity=shape.granularity,
-        )
-        cfg = base.with_overrides(rule.shapes(moe)[0])
+    for cfg in shape_models(base, shape):
         n = float(count_params(cfg.model).active_nonembed)
         if n > 1.5 * n_max:
             break

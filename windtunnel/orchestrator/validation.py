@@ -15,7 +15,7 @@ Order (each step needs the one before; a re-run of the sweep resumes where it st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,10 @@ def _base(spec: SweepSpec) -> RunConfig:
     return base.with_overrides(study.overrides) if study.overrides else base
 
 
-def size_for(base: RunConfig, shape: TargetShape, m_opt: float) -> tuple[RunConfig, float]:
-    """The shape rule's model whose FLOPs per token M is closest to M_opt in log; and its M."""
-    from trainer.flops import flops_per_token
-
+def shape_models(base: RunConfig, shape: TargetShape) -> Iterator[RunConfig]:
+    """Every model of the shape rule, narrowest first: n_heads = kv_ratio, 2·kv_ratio, … up to d_model_max,
+    d_model = n_heads·head_dim, depth, FFN and experts from the rule (``LadderRule.shapes``) on ``base``."""
     moe = base.model.moe is not None
-    best: tuple[float, RunConfig, float] | None = None
     for n_heads in range(shape.kv_ratio, shape.d_model_max // shape.head_dim + 1, shape.kv_ratio):
         d = n_heads * shape.head_dim
         rule = LadderRule(
@@ -98,7 +96,15 @@ def size_for(base: RunConfig, shape: TargetShape, m_opt: float) -> tuple[RunConf
             kv_ratio=shape.kv_ratio,
             granularity=shape.granularity,
         )
-        cfg = base.with_overrides(rule.shapes(moe)[0])
+        yield base.with_overrides(rule.shapes(moe)[0])
+
+
+def size_for(base: RunConfig, shape: TargetShape, m_opt: float) -> tuple[RunConfig, float]:
+    """The shape rule's model whose FLOPs per token M is closest to M_opt in log; and its M."""
+    from trainer.flops import flops_per_token
+
+    best: tuple[float, RunConfig, float] | None = None
+    for cfg in shape_models(base, shape):
         m = float(flops_per_token(cfg.model))
         gap = abs(math.log(m / m_opt))
         if best is None or gap < best[0]:
