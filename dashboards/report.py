@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
 from dashboards import analysis, figures
-from dashboards.adaptive_panel import AdaptiveRounds, load_rounds
+from dashboards.adaptive_panel import load_rounds
 from dashboards.data import load_sweeps
-from dashboards.validation import ValidationStudy, load_study
+from dashboards.validation import load_study
 from dashboards.views import DEFAULT_TARGET, GRAPHS, build_figures
 from windtunnel.laws import LawSet, fit_laws
 
@@ -131,25 +132,15 @@ def plotly_to_matplotlib(fig: go.Figure, path_stem: Path) -> list[Path]:
     return out
 
 
-def _validation_section(fig: go.Figure, study: ValidationStudy) -> list[str]:
-    """The validation study's heading, its panel (chart and table) and the table as plain HTML."""
+def _panel_section(title: str, name: str, fig: go.Figure, table: pd.DataFrame) -> list[str]:
+    """A panel's heading, its chart (div ``fig-NAME``, graph ``g-NAME``) and its table as plain HTML
+    (class ``NAME-table``)."""
     return [
-        "<h2>Validation study: predicted before training vs observed</h2>",
-        "<div id='fig-validation'>",
-        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="g-validation"),
+        f"<h2>{title}</h2>",
+        f"<div id='fig-{name}'>",
+        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"g-{name}"),
         "</div>",
-        study.table().to_html(index=False, escape=True, classes="validation-table"),
-    ]
-
-
-def _adaptive_section(fig: go.Figure, rounds: AdaptiveRounds) -> list[str]:
-    """The adaptive rounds' heading, their panel (charts and tables) and the round table as plain HTML."""
-    return [
-        "<h2>Adaptive design: the interval at the target, round by round</h2>",
-        "<div id='fig-adaptive'>",
-        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="g-adaptive"),
-        "</div>",
-        rounds.round_table().to_html(index=False, escape=True, classes="adaptive-table"),
+        table.to_html(index=False, escape=True, classes=f"{name}-table"),
     ]
 
 
@@ -199,9 +190,11 @@ def write_report(
         parts.append("</div>")
     parts.append("</div>")
     if study is not None:
-        parts += _validation_section(figs["validation"], study)
+        title = "Validation study: predicted before training vs observed"
+        parts += _panel_section(title, "validation", figs["validation"], study.table())
     if rounds is not None:
-        parts += _adaptive_section(figs["adaptive"], rounds)
+        title = "Adaptive design: the interval at the target, round by round"
+        parts += _panel_section(title, "adaptive", figs["adaptive"], rounds.round_table())
     if rec is not None:
         parts.append(f"<h2>Recommendation at {target:.3g} FLOPs</h2><p>{html.escape(rec.note)}</p>")
         parts.append(rec.summary.to_html(index=False, escape=True))
