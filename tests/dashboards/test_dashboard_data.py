@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import N_FAILED, N_RUNNING, N_RUNS, N_STEPS
 
 from dashboards import sqlstore
 from dashboards.data import SWEEP_CACHE, downsample_curve, load_sweeps, loss_curves, store_version
@@ -15,12 +14,17 @@ from dashboards.data import SWEEP_CACHE, downsample_curve, load_sweeps, loss_cur
 def test_run_table_from_store(store: dict) -> None:
     data = load_sweeps(store["uri"], store["experiment"])
     runs = data.runs
-    assert len(runs) == N_RUNS  # parent sweep runs excluded
+    assert len(runs) == store["spec"].n_runs  # parent sweep runs excluded
     assert set(runs["run_id"]) == set(store["run_ids"])
     assert data.sweeps == ["hparam", "isoflop"]
     assert data.families == ["dense", "moe"]
     counts = runs["state"].value_counts().to_dict()
-    assert counts == {"finished": N_RUNS - N_RUNNING - N_FAILED, "running": N_RUNNING, "failed": N_FAILED}
+    spec = store["spec"]
+    assert counts == {
+        "finished": spec.n_runs - spec.n_running - spec.n_failed,
+        "running": spec.n_running,
+        "failed": spec.n_failed,
+    }
     done = runs[runs["state"] == "finished"]
     assert np.isfinite(done[["params", "tokens", "compute", "lr", "batch_tokens", "loss"]].to_numpy()).all()
     # compute was logged as 6 N D by the seeder
@@ -29,7 +33,7 @@ def test_run_table_from_store(store: dict) -> None:
     live = runs[runs["state"] == "running"]
     assert np.isfinite(live["lr"]).all() and np.isfinite(live["loss"]).all()
     prog = data.progress()
-    assert int(prog["count"].sum()) == N_RUNS
+    assert int(prog["count"].sum()) == store["spec"].n_runs
 
 
 def test_run_table_agrees_with_orchestrator_reader(store: dict) -> None:
@@ -65,7 +69,7 @@ def test_loss_curves(store: dict) -> None:
     assert set(curves) == set(runs["run_id"])
     state = runs.set_index("run_id")["state"]
     for rid, c in curves.items():
-        assert len(c) == (N_STEPS if state[rid] != "running" else N_STEPS // 2)
+        assert len(c) == (store["spec"].n_steps if state[rid] != "running" else store["spec"].n_steps // 2)
         assert (np.diff(c["step"]) > 0).all() and (np.diff(c["value"]) < 0).all()
     assert len(loss_curves(store["uri"], runs, limit=5)) == 5
 
@@ -90,7 +94,7 @@ def test_sql_reader_matches_mlflow_client(store: dict) -> None:
     for rid in c_sql:
         assert c_sql[rid].equals(c_client[rid]), rid
     assert (
-        store_version(store["uri"], store["experiment"], reader="sql")[1] == N_RUNS + 2
+        store_version(store["uri"], store["experiment"], reader="sql")[1] == store["spec"].n_runs + 2
     )  # + 2 sweep parents
 
 
