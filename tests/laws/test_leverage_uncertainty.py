@@ -88,3 +88,17 @@ def test_leverage_value_handles_extreme_coefficients(bad: str) -> None:
     with np.errstate(all="ignore"):
         v = leverage_value(coef, 0.1, 8.0, 1e20)
     assert np.ndim(v) == 0  # no ZeroDivisionError on scalar floats
+
+
+def test_leverage_bootstrap_in_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bootstrap runs block by block (bounded memory on large tables): blocks of a few resamples give the
+    same samples as one block of all of them."""
+    import windtunnel.laws.base as base
+
+    runs = synthetic_leverage_runs(LING, sigma=0.002, seed=7)
+    whole = fit_leverage_law(runs, n_boot=12, rng=np.random.default_rng(3), backtest=False)
+    monkeypatch.setattr(base, "BOOTSTRAP_BLOCK_ELEMENTS", 5 * len(runs))  # 5 resamples per block
+    blocked = fit_leverage_law(runs, n_boot=12, rng=np.random.default_rng(3), backtest=False)
+    for k in ("a", "d", "gamma", "beta"):
+        assert len(blocked.samples[k]) == 12
+        np.testing.assert_allclose(blocked.samples[k], whole.samples[k], rtol=1e-9, equal_nan=True)

@@ -41,7 +41,7 @@ import pandas as pd
 from windtunnel.laws.base import (
     Law,
     LawError,
-    bootstrap_weights,
+    bootstrap_resample_blocks,
     budget_labels,
     percentile_ci,
     relative_errors,
@@ -346,8 +346,9 @@ def fit_leverage_law(
             " is not identified by these runs (their measured EL is in notes.observations)"
         )
     if n_boot:
-        W = bootstrap_weights(len(runs), n_boot, rng)[1:]
-        x = bootstrap_leverage(runs, cells, x_dense, x_hat, W)
+        # block by block: the working set stays O(BOOTSTRAP_BLOCK_ELEMENTS) however many runs
+        blocks = bootstrap_resample_blocks(len(runs), n_boot, rng)
+        x = np.concatenate([bootstrap_leverage(runs, cells, x_dense, x_hat, W) for W in blocks])
         samples = {
             "a": x[:, 0],
             "d": x[:, 1],
