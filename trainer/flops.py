@@ -216,6 +216,11 @@ def memory_per_gpu(run_cfg: RunConfig) -> dict[str, float | bool]:
       b = ceil(micro_batch_size / dp) sequences (micro_batch_size defaults to batch_size). With activation
       checkpointing only each block's BF16 input (2 d bytes/token) is kept, plus one block's full
       activations during recomputation. The FP32 logits of the last stage (4 V / tp bytes/token) are added.
+    - MTP modules (DeepSeek-V3, arXiv 2412.19437, Sec. 2.2; ``n_mtp_layers``) share the embedding and head
+      and sit on the last pipeline stage, the one counted here: their parameters (``_mtp_module_params``;
+      routed experts ep-split, the rest tp-split) are added whole to the stage, and each module adds its
+      concatenated BF16 input (2·2d bytes/token), one block's activations (or only that input under
+      checkpointing) and its own FP32 logits (4 V / tp bytes/token).
     """
     cfg, par = run_cfg.model, run_cfg.parallel
     tp, pp, ep, dp = par.tp, par.pp, par.ep, par.dp
@@ -230,8 +235,11 @@ def memory_per_gpu(run_cfg: RunConfig) -> dict[str, float | bool]:
     routed_part = n_moe * routed_per_layer / pp
     emb = cfg.vocab_size * cfg.d_model
     emb_part = (_embedding_params(cfg) if pp == 1 else emb) / tp
-    dense_local = dense_part / tp + emb_part
-    routed_local = routed_part / ep
+    n_mtp = cfg.n_mtp_layers
+    mtp_routed = n_mtp * routed_per_layer
+    mtp_dense = n_mtp * _mtp_module_params(cfg)[0] - mtp_routed
+    dense_local = (dense_part + mtp_dense) / tp + emb_part
+    routed_local = (routed_part + mtp_routed) / ep
     edp = max(1.0, tp * dp / ep)
 
     def sharded(n_dense_params: float, n_routed_params: float, shard: bool) -> float:
@@ -245,11 +253,12 @@ def memory_per_gpu(run_cfg: RunConfig) -> dict[str, float | bool]:
     mbs = run_cfg.optim.micro_batch_size or run_cfg.optim.batch_size
     tokens = math.ceil(mbs / dp) * cfg.seq_len
     per_layer = [_activation_bytes_per_token_layer(cfg, _is_moe_layer(cfg, i)) for i in range(cfg.n_layers)]
+    mtp_input = 2.0 * 2 * cfg.d_model  # [h; emb] per module, BF16
     if par.activation_checkpointing:
-        act_per_token = cfg.n_layers * 2.0 * cfg.d_model + max(per_layer)
+        act_per_token = (cfg.n_layers + 2 * n_mtp) * 2.0 * cfg.d_model + max(per_layer)
     else:
-        act_per_token = sum(per_layer)
-    act_b = tokens * (act_per_token / tp + 4.0 * cfg.vocab_size / tp)
+        act_per_token = sum(per_layer) + n_mtp * (mtp_input + per_layer[-1])
+    act_b = tokens * (act_per_token / tp + (1 + n_mtp) * 4.0 * cfg.vocab_size / tp)
     total = params_b + grads_b + optim_b + act_b
     return {
         "params": params_b / GB,

@@ -130,3 +130,17 @@ def test_memory_layout_effects() -> None:
         16 * count_params(base.model).total / 1e9
     )
     assert not one["fits"]
+
+
+def test_memory_counts_mtp_modules() -> None:
+    """MTP modules add their parameters (16 bytes each without sharding) and activations to the stage."""
+    base = RunConfig.from_yaml(MODELS / "ling-flash-2.0.yaml").with_overrides(
+        {"parallel": {"zero_stage": 0, "activation_checkpointing": False}}
+    )
+    none = memory_per_gpu(base.with_overrides({"model.n_mtp_layers": 0}))
+    one = memory_per_gpu(base.with_overrides({"model.n_mtp_layers": 1}))
+    state = ("params", "grads", "optimizer")
+    extra = sum(one[k] for k in state) - sum(none[k] for k in state)
+    mtp = count_params(base.with_overrides({"model.n_mtp_layers": 1}).model).mtp
+    assert mtp > 0 and extra == pytest.approx(16 * mtp / 1e9)
+    assert one["activations"] > none["activations"]
