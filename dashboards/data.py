@@ -77,7 +77,7 @@ class SweepData:
     experiment: str
     runs: (
         pd.DataFrame
-    )  # run-table columns + mlflow_status, state, start_time, end_time, run_name, parent_run_id
+    )  # run-table columns + mlflow_status, state, start_time, end_time, run_name, sweep_run_id
     version: tuple
     load_s: float
     predictions: pd.DataFrame = field(default_factory=pd.DataFrame)  # prediction runs, search_runs layout
@@ -199,9 +199,10 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     """Turn ``mlflow.search_runs``-shaped rows into run-table rows (trial runs only: no sweep parents, no
     recorded predictions, no adaptive round runs) plus bookkeeping columns: ``state`` (the trial's status
     tag, else MLflow's status), ``mlflow_status``, ``start_time``, ``end_time``, ``run_name``,
-    ``parent_run_id``, ``study`` (the sweep study that launched it), ``seed``. A config hash logged twice
-    keeps its most advanced run (as ``windtunnel.orchestrator.tracking.trial_runs`` does)."""
-    extra = ["state", "mlflow_status", "start_time", "end_time", "run_name", "parent_run_id", "study", "seed"]
+    ``sweep_run_id`` (the MLflow sweep run it was launched under; not a point row's ``parent_run_id``),
+    ``study`` (the sweep study that launched it), ``seed``. A config hash logged twice keeps its most
+    advanced run (as ``windtunnel.orchestrator.tracking.trial_runs`` does)."""
+    extra = ["state", "mlflow_status", "start_time", "end_time", "run_name", "sweep_run_id", "study", "seed"]
     if search_df.empty:
         return validate_run_table(pd.DataFrame({"run_id": pd.Series([], dtype=str)})).assign(
             **{c: pd.Series([], dtype=object) for c in extra}
@@ -228,7 +229,7 @@ def runs_frame(search_df: pd.DataFrame) -> pd.DataFrame:
     table["start_time"] = df["start_time"].to_numpy()
     table["end_time"] = df["end_time"].to_numpy()
     table["run_name"] = _column(df, "tags.mlflow.runName").fillna("").astype(str).to_numpy()
-    table["parent_run_id"] = parent.fillna("").astype(str).to_numpy()
+    table["sweep_run_id"] = parent.fillna("").astype(str).to_numpy()
     table["study"] = _column(df, "tags.study").fillna("").astype(str).to_numpy()
     table["seed"] = pd.to_numeric(_column(df, "params.seed"), errors="coerce").to_numpy()
     hashes = _column(df, "tags.config_hash").to_numpy()

@@ -166,8 +166,7 @@ def expand_points(row: dict, stored: dict[str, float]) -> list[dict]:
 
 def point_rows(df: pd.DataFrame) -> pd.Series:
     """True for the rows taken from a run below its end (``point_fraction`` < 1); False for every run's own
-    row. Decided by ``point_fraction`` alone: a table may carry a ``parent_run_id`` of another meaning (the
-    dashboard's, the MLflow sweep run a trial belongs to)."""
+    row. Decided by ``point_fraction`` alone, not by ``parent_run_id``."""
     if "point_fraction" not in df.columns:
         return pd.Series(False, index=df.index)
     f = pd.to_numeric(df["point_fraction"], errors="coerce")

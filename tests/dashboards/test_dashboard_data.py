@@ -15,6 +15,8 @@ def test_run_table_from_store(store: dict) -> None:
     data = load_sweeps(store["uri"], store["experiment"])
     runs = data.runs
     assert len(runs) == store["spec"].n_runs  # parent sweep runs excluded
+    # every trial names the MLflow sweep run it ran under (not a point row's parent_run_id)
+    assert set(runs["sweep_run_id"]) <= set(store["parent_run_ids"]) and "parent_run_id" not in runs
     assert set(runs["run_id"]) == set(store["run_ids"])
     assert data.sweeps == ["hparam", "isoflop"]
     assert data.families == ["dense", "moe"]
