@@ -154,15 +154,19 @@ def fit_parametric_law(
 ):
     """``parametric`` law from the run table's params, tokens, loss (and compute, for the frontier's E).
 
-    The form is chosen among ``forms.CANDIDATES`` by a rollout backtest inside these runs
+    The fit takes one row per (params, tokens) cell, its best-tuned hyper-parameter setting with the loss
+    averaged over seeds (``base.best_tuned``): the runs of an LR search that are not the cell's best are not
+    samples of L(N, D). The form is chosen among ``forms.CANDIDATES`` by a rollout backtest inside these runs
     (``selection.select_form``); the winner is refitted on all runs, bootstrapped (resampled runs, batched
     refits from the full-data optimum; for ``e_fixed`` E is refitted on each resample's frontier), and its
     95 % prediction interval combines the bootstrap with the residual scale (``intervals``). The entry's
     ``selection`` names the winner and every candidate's rollout error; ``pi95`` gives sigma.
     """
-    from windtunnel.laws.base import Law, LawError, percentile_ci
+    from windtunnel.laws.base import Law, LawError, best_tuned, percentile_ci
 
     rng = np.random.default_rng(0) if rng is None else rng
+    n_given = len(runs)
+    runs = best_tuned(runs)
     N, D, L = (runs[c].to_numpy(float) for c in ("params", "tokens", "loss"))
     if len(runs) < 6:
         raise LawError(f"needs at least 6 usable runs for 5 coefficients; got {len(runs)}")
@@ -184,6 +188,8 @@ def fit_parametric_law(
     )
     with np.errstate(all="ignore"):
         sigma_res = residual_scale(np.log(predict_parametric(x_hat, N, D)) - np.log(L))
+    if len(runs) < n_given:
+        law.notes["best_tuned"] = f"{len(runs)} (params, tokens) cells from {n_given} runs"
     law.extra = {
         "selection": {**sel.to_dict(), "chosen": cand.name},
         "pi95": pi95_record(sigma_res, residual_scale(np.array(sel.rollout_log_residuals))),
