@@ -2,8 +2,9 @@
 target trained, and the target's observed runs (``windtunnel.orchestrator.validation``).
 
 What belongs to the study:
-- the prediction: the run ``windtunnel.predict.record_prediction`` wrote under the key
-  ``validation.PREDICTION_KEY`` (its params are write-once), parsed by ``predict.prediction_from_run``;
+- the prediction: the run ``windtunnel.predict.record_prediction`` wrote under a target key
+  (``validation.prediction_key``: ``target-<config hash>``; its params are write-once), the latest one when a
+  changed target recorded several, parsed by ``predict.prediction_from_run``;
 - the ladder: the experiment's finished trials of every study but ``TARGET_STUDY``;
 - the target: the trials of ``TARGET_STUDY`` trained on the predicted point (D = x.tokens, and N = x.params
   where a run has its size); target trials of another configuration are left out and counted;
@@ -124,8 +125,11 @@ class ValidationStudy:
 def _prediction_row(predictions: pd.DataFrame) -> pd.Series | None:
     if predictions.empty or "tags.prediction_key" not in predictions:
         return None
-    rows = predictions[predictions["tags.prediction_key"] == PREDICTION_KEY]
-    return None if rows.empty else rows.iloc[0]
+    keys = predictions["tags.prediction_key"].astype(str)
+    rows = predictions[(keys == PREDICTION_KEY) | keys.str.startswith(PREDICTION_KEY + "-")]
+    if rows.empty:
+        return None
+    return rows.sort_values("start_time").iloc[-1] if "start_time" in rows else rows.iloc[-1]
 
 
 def _prediction(row: pd.Series) -> Prediction:

@@ -22,7 +22,7 @@ from dashboards.views import build_figures
 from trainer.config import RunConfig
 from windtunnel.laws import LawSet, load_laws
 from windtunnel.orchestrator.tracking import ROLE, ensure_experiment, ensure_parent_run, open_client
-from windtunnel.orchestrator.validation import PREDICTION_KEY
+from windtunnel.orchestrator.validation import prediction_key
 from windtunnel.orchestrator.validation_report import build_summary
 from windtunnel.predict import laws_sha256, point_from_model, predict_loss, record_prediction
 
@@ -117,7 +117,7 @@ def build_store(root: Path, record_after_target: bool = False) -> dict:
     pred = predict_loss(lawset, point, sha=laws_sha256(laws_path, lawset))
 
     def record():
-        return record_prediction(uri, EXPERIMENT, PREDICTION_KEY, pred, parent)[1]
+        return record_prediction(uri, EXPERIMENT, prediction_key(cfg0), pred, parent)[1]
 
     pred = record() if not record_after_target else pred
     cfgs = _targets(client, exp_id, parent)

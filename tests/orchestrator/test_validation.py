@@ -113,3 +113,20 @@ def test_predict_record_train_compare(tmp_path: Path) -> None:
     (pred_again,) = search_all(client, exp.experiment_id, f"tags.`{ROLE}` = 'prediction'")
     assert pred_again.info.run_id == pred_run.info.run_id
     assert pred_again.data.params == pred_run.data.params
+
+    # the target changed (4x instead of 3x): its own prediction is recorded before it trains; the first stands
+    changed = {**SPEC, "target": {**SPEC["target"], "extrapolation": 4, "seeds": 1}}
+    spec_path.write_text(yaml.safe_dump(changed))
+    third = _run(spec_path, tmp_path)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    preds = search_all(client, exp.experiment_id, f"tags.`{ROLE}` = 'prediction'")
+    assert len(preds) == 2 and pred_run.info.run_id in {p.info.run_id for p in preds}
+    new = next(p for p in preds if p.info.run_id != pred_run.info.run_id)
+    assert new.data.tags["prediction_key"] != pred_run.data.tags["prediction_key"]
+    summary4 = json.loads(
+        (tmp_path / "wt_runs" / "micro_validation" / "validation" / "summary.json").read_text()
+    )
+    assert summary4["target_compute"] == pytest.approx(4 * 2.0e9)
+    assert float(new.data.params["predicted"]) == summary4["predicted_loss"]
+    target4 = [r for r in trial_runs(client, exp.experiment_id).values() if r.data.tags["study"] == "target"]
+    assert new.info.end_time <= max(r.info.start_time for r in target4)

@@ -24,7 +24,15 @@ from windtunnel.errors import SpecError, one_line
 from windtunnel.orchestrator.spec import LadderRule, SweepSpec
 from windtunnel.orchestrator.spec_target import TARGET_STUDY, TargetShape
 
-PREDICTION_KEY = "target"
+PREDICTION_KEY = "target"  # the prefix of every target prediction's key (``prediction_key``)
+
+
+def prediction_key(cfg: RunConfig) -> str:
+    """The key a target's prediction is recorded under: ``target-<content hash of its config, seed 0>``. One
+    per target configuration (its size, tokens, LR, data; not its seed), so a changed target (another
+    compute, another ladder's m_opt size, another LR law) gets a prediction of its own instead of being
+    judged against an older one; the same target resumed finds its recorded prediction, which stands."""
+    return f"{PREDICTION_KEY}-{cfg.with_overrides({'seed': 0}).config_hash()[:12]}"
 
 
 def ladder_studies(spec: SweepSpec) -> list[Any]:
@@ -197,7 +205,7 @@ def run_target_phase(
         lawset, point, law=spec.target.law, sha=laws_sha256(outcome.laws_path, lawset), notes=notes
     )
     if spec.target.predict_before:
-        pred, line = _record(tracking_uri, spec.name, pred, parent_run_id)
+        pred, line = _record(tracking_uri, spec.name, prediction_key(cfgs[0]), pred, parent_run_id)
         summary.append(line)
     manifests = prepare_manifests(cfgs)
     hashes = [manifests[data_key(c)] for c in cfgs]
@@ -216,17 +224,17 @@ def run_target_phase(
     )
 
 
-def _record(uri: str, experiment: str, pred: Any, parent_run_id: str) -> tuple[Any, str]:
+def _record(uri: str, experiment: str, key: str, pred: Any, parent_run_id: str) -> tuple[Any, str]:
     """Record the prediction before the target trains; a different one already recorded stands."""
     from windtunnel.errors import PredictionLocked
     from windtunnel.orchestrator.tracking import ensure_experiment, open_client
     from windtunnel.predict import find_prediction, prediction_from_run, record_prediction
 
     try:
-        run_id, rec = record_prediction(uri, experiment, PREDICTION_KEY, pred, parent_run_id)
+        run_id, rec = record_prediction(uri, experiment, key, pred, parent_run_id)
     except PredictionLocked as err:
         client = open_client(uri)
-        old = find_prediction(client, ensure_experiment(client, experiment), PREDICTION_KEY)
+        old = find_prediction(client, ensure_experiment(client, experiment), key)
         rec = prediction_from_run(old)
         return rec, f"target prediction: the recorded one stands ({err})"
     return rec, f"target prediction recorded before training (MLflow run {run_id}, made {rec.made_at})"
