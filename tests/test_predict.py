@@ -141,3 +141,28 @@ def test_auto_takes_the_law_with_the_smaller_backtest_error(laws_path: Path) -> 
     assert any("backtest error" in n and "frontier 1.00%" in n for n in p.notes)
     data["laws"]["frontier"]["backtest"] = {"skipped": "needs 4 or more compute budgets"}
     assert predict_loss(LawSet.from_dict(data), point).law == "parametric"
+
+
+def test_auto_judges_both_laws_at_the_top_budgets_best_run(laws_path: Path) -> None:
+    """The parametric law's error over every size of the held-out budget is not the criterion: a law that
+    fits the far sizes well but misses the budget's best run (the compute-optimal point a target is) loses
+    to a frontier law that predicts that run better."""
+    data = json.loads(laws_path.read_text())
+    data["laws"]["parametric"]["backtest"] = {"mean_rel_err": 0.04, "frontier_rel_err": 0.09}
+    data["laws"]["frontier"]["backtest"] = {"mean_rel_err": 0.06}
+    lawset = LawSet.from_dict(data)
+    point, _ = point_from_compute(lawset, 1e13)
+    p = predict_loss(lawset, point)
+    assert p.law == "frontier"
+    assert any("parametric 9.00%" in n and "frontier 6.00%" in n for n in p.notes), p.notes
+    data["laws"]["parametric"]["backtest"]["frontier_rel_err"] = 0.02
+    assert predict_loss(LawSet.from_dict(data), point).law == "parametric"
+
+
+def test_parametric_backtest_reports_the_error_at_the_top_budgets_best_run() -> None:
+    from windtunnel.laws.parametric import fit_parametric_law
+    from windtunnel.laws.synthetic import synthetic_runs
+
+    runs = synthetic_runs(n_runs=240, seed=3)
+    bt = fit_parametric_law(runs, n_boot=0).backtest
+    assert 0 <= bt["frontier_rel_err"] < 0.05 and bt["n"] > 1, bt

@@ -100,20 +100,27 @@ def _one(lawset: Any, law: str, point: dict[str, float]) -> dict[str, Any]:
 
 
 def _backtest_error(law: Any) -> float:
-    err = (law.backtest or {}).get("mean_rel_err")
+    """The law's relative error at the held-out top budget's compute-optimal point: ``frontier_rel_err``
+    (the parametric law's error at that budget's best run) where the backtest has it, else its
+    ``mean_rel_err`` (the frontier law's backtest predicts exactly that point)."""
+    bt = law.backtest or {}
+    err = bt.get("frontier_rel_err", bt.get("mean_rel_err"))
     return float(err) if isinstance(err, int | float) and math.isfinite(err) else math.inf
 
 
 def choose_law(lawset: Any) -> tuple[str, str]:
-    """``auto``: the loss law with the smaller backtest error (mean relative error of its predictions of
-    the sweep's own largest-budget runs from the smaller ones); parametric when neither has a backtest."""
+    """``auto``: the loss law with the smaller backtest error on the same point: each law is fitted below
+    the sweep's largest budget and judged by its relative error at that budget's best run, the
+    compute-optimal point a target is (``_backtest_error``); parametric when neither has a backtest.
+    The parametric law's error over every size of that budget is not the criterion: sizes far from the
+    optimum are not what a target predicts."""
     have = [n for n in LOSS_LAWS if n in lawset.laws]
     if not have:
         raise PredictionError(f"the law set has no loss law ({' or '.join(LOSS_LAWS)})")
     errors = {n: _backtest_error(lawset.laws[n]) for n in have}
     best = min(have, key=lambda n: (errors[n], LOSS_LAWS.index(n)))
     told = ", ".join(f"{n} {e:.2%}" if math.isfinite(e) else f"{n} none" for n, e in errors.items())
-    return best, f"law chosen by backtest error (mean relative error: {told})"
+    return best, f"law chosen by backtest error at the top budget's best run ({told})"
 
 
 def predict_loss(

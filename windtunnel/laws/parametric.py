@@ -233,7 +233,8 @@ def _compute(runs, N: np.ndarray, D: np.ndarray) -> np.ndarray:
 
 
 def _top_budget_backtest(cand, N, D, L, C, x_hat) -> dict:
-    """Refit the chosen form below the top compute budget and predict it: {cut_compute, mean/max_rel_err}."""
+    """Refit the chosen form below the top compute budget and predict it: {cut_compute, mean/max_rel_err over
+    its runs, frontier_rel_err at its best run (the compute-optimal point)}."""
     from windtunnel.laws.base import budget_labels, relative_errors
 
     labels, centers = budget_labels(C)
@@ -245,6 +246,12 @@ def _top_budget_backtest(cand, N, D, L, C, x_hat) -> dict:
         if not np.all(np.isfinite(x_low)):
             return {"skipped": f"{cand.name} could not be fitted below the top budget"}
         pred = predict_parametric(x_low, N[~low], D[~low])
-        return {"cut_compute": float(centers[-1] / 10**0.05), **relative_errors(pred, L[~low])}
+        best = int(np.argmin(L[~low]))  # the top budget's best run: the point a frontier law predicts
+        frontier = relative_errors(pred[best : best + 1], L[~low][best : best + 1])["mean_rel_err"]
+        return {
+            "cut_compute": float(centers[-1] / 10**0.05),
+            **relative_errors(pred, L[~low]),
+            "frontier_rel_err": frontier,
+        }
     except Exception as err:  # noqa: BLE001 - a failed backtest must not lose the law
         return {"skipped": f"backtest fit failed: {err}"}
