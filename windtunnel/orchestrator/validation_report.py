@@ -131,34 +131,48 @@ def table_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _law_curve(lawset: Any, law: str, grid_C: np.ndarray) -> list[float]:
+    """The loss ``law`` predicts along the compute-optimal path (the parametric law at the allocation laws'
+    (N, D) of each C; the frontier law at C itself)."""
+    from windtunnel.errors import PredictionError
+    from windtunnel.predict import point_from_compute
+
+    curve = []
+    for c in grid_C:
+        try:
+            point, _ = point_from_compute(lawset, float(c))
+            x = (point["params"], point["tokens"]) if law == "parametric" else float(c)
+            curve.append(float(lawset.predict(law, x)[0]))
+        except (PredictionError, KeyError):
+            curve.append(math.nan)
+    return curve
+
+
 def plot_validation(df: Any, lawset: Any, s: dict[str, Any], path: Path) -> Path:
-    """Ladder runs (C, loss), the loss law along the compute-optimal path, the prediction with its 95 %
-    interval at C_target, and the observed target runs."""
+    """Ladder runs (C, loss), every loss law along the compute-optimal path, each law's prediction with its
+    95 % interval at C_target (the chosen law's solid, the others dashed and set a little to the right), and
+    the observed target runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from windtunnel.errors import PredictionError
-    from windtunnel.predict import point_from_compute
 
     ladder = df[(df["study"] != TARGET_STUDY) & (df["status"] == "finished")]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.scatter(ladder["compute"], ladder["loss"], s=14, c="0.55", label="ladder runs")
     c_lo, c_t = float(ladder["compute"].min()), s["target_compute"]
     grid_C = np.geomspace(c_lo, c_t * 1.3, 60)
-    curve = []
-    for c in grid_C:
-        try:
-            point, _ = point_from_compute(lawset, float(c))
-            x = (point["params"], point["tokens"]) if s["law"] == "parametric" else float(c)
-            curve.append(float(lawset.predict(s["law"], x)[0]))
-        except (PredictionError, KeyError):
-            curve.append(math.nan)
-    ax.plot(grid_C, curve, "-", c="C0", label=f"{s['law']} law (compute-optimal path)")
-    lo, hi = s["pi95"]
-    p = s["predicted_loss"]
-    ax.errorbar([c_t], [p], yerr=[[p - lo], [hi - p]], fmt="o", c="C1", capsize=4, label="prediction, 95% PI")
+    laws = [(s["law"], s["predicted_loss"], s["pi95"], "chosen")]
+    laws += [
+        (n, a["predicted"], a["pi95"], "other") for n, a in s["alternatives"].items() if "predicted" in a
+    ]
+    for k, (name, p, (lo, hi), role) in enumerate(laws):
+        color, style = ("C0", "-") if role == "chosen" else (f"C{k + 1}", "--")
+        ax.plot(grid_C, _law_curve(lawset, name, grid_C), style, c=color, label=f"{name} law ({role})")
+        x = c_t * 1.12**k
+        face = color if role == "chosen" else "w"
+        label = f"{name} prediction {p:.3f}, 95% PI"
+        ax.errorbar([x], [p], yerr=[[p - lo], [hi - p]], fmt="o", c=color, mfc=face, capsize=4, label=label)
     if s["observed_losses"]:
         ax.scatter(
             [c_t] * len(s["observed_losses"]),
