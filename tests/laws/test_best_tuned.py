@@ -43,6 +43,15 @@ def test_best_tuned_leaves_a_table_of_distinct_cells_unchanged() -> None:
     pd.testing.assert_frame_equal(out.drop(columns="n_seeds"), runs)
 
 
+def test_best_tuned_keeps_runs_without_known_hyperparameters() -> None:
+    """A published table (no lr column values): rows at one (N, D) differ in what it does not name (e.g.
+    unique data, Muennighoff et al. 2023) and are all kept."""
+    runs = pd.DataFrame([_row(i, 1e6, 1e8, np.nan, 3.0 + 0.1 * i) for i in range(3)])
+    runs.loc[3] = _row(3, 1e6, 1e8, 1e-3, 2.9)  # one searched run beside them
+    out = best_tuned(runs)
+    assert list(out["run_id"]) == ["r0", "r1", "r2", "r3"] and list(out["loss"]) == [3.0, 3.1, 3.2, 2.9]
+
+
 def test_parametric_fits_the_tuned_cells_of_an_lr_search() -> None:
     """An LR search at every (N, D): three settings per cell, two of them mistuned by +0.15 and +0.4 nats. The
     law fitted on the search predicts a 30x larger compute-optimal point as well as one fitted on the tuned

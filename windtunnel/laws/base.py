@@ -96,33 +96,42 @@ HPARAM_COLUMNS = ("lr", "batch_tokens")
 
 
 def best_tuned(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (params, tokens) cell (and architecture, ``ARCH_COLUMNS``): its best-tuned setting.
+    """One row per (params, tokens) cell (and architecture, ``ARCH_COLUMNS``) of an LR/batch search: its
+    best-tuned setting.
 
     L(N, D) is the loss of a model of N parameters trained on D tokens *with tuned hyper-parameters*
     (Hoffmann et al. 2022, arXiv 2203.15556, Sec. 3: each (N, D) trained at its tuned schedule; Ling,
     arXiv 2507.17702, Sec. 2: laws fitted on near-optimal hyper-parameters). An LR search trains each cell at
-    several settings; the mistuned ones are not samples of L(N, D). Here runs of one cell and one setting
-    (``HPARAM_COLUMNS``) that differ only in seed are averaged first (the setting's expected loss, not its
-    luckiest seed), then the setting with the lowest mean loss stands for the cell: its first run, with
-    ``loss`` the setting's mean and ``n_seeds`` the runs averaged. A table with one setting per cell and one
-    seed comes back unchanged (row order kept)."""
+    several settings; the mistuned ones are not samples of L(N, D). Among the runs whose ``HPARAM_COLUMNS``
+    are all known, those of one cell and one setting (they differ only in seed) are averaged first (the
+    setting's expected loss, not its luckiest seed), then the setting with the lowest mean loss stands for
+    the cell: its first run, with ``loss`` the setting's mean and ``n_seeds`` the runs averaged. Cells match
+    to 0.1 % in N and D (a batch grid rounds D to whole batches). Runs without known hyper-parameters (a
+    published table; rows at one (N, D) that differ in something the table does not name, such as unique
+    data) are kept as they are. A table with one setting per cell and one seed comes back unchanged, in
+    its row order."""
     if runs.empty:
         return runs
     arch = [c for c in ARCH_COLUMNS if c in runs.columns]
     hp = [c for c in HPARAM_COLUMNS if c in runs.columns]
+    hp_known = np.ones(len(runs), bool) if hp else np.zeros(len(runs), bool)
+    for c in hp:
+        hp_known &= np.isfinite(pd.to_numeric(runs[c], errors="coerce").to_numpy(float))
     keyed = runs.assign(
-        _n=np.round(np.log(runs["params"].to_numpy(float)), 6),
-        _d=np.round(np.log(runs["tokens"].to_numpy(float)), 6),
+        _row=np.arange(len(runs)),
+        _n=np.round(np.log(runs["params"].to_numpy(float)), 3),
+        _d=np.round(np.log(runs["tokens"].to_numpy(float)), 3),
         **{f"_h{i}": np.round(np.log(runs[c].to_numpy(float)), 6) for i, c in enumerate(hp)},
     )
+    searched, kept = keyed[hp_known], keyed[~hp_known].assign(n_seeds=1)
     cell = ["_n", "_d", *arch]
     setting = cell + [f"_h{i}" for i in range(len(hp))]
-    grouped = keyed.groupby(setting, dropna=False, sort=False)["loss"]
-    keyed["loss"] = grouped.transform("mean")
-    keyed["n_seeds"] = grouped.transform("size")
-    first = keyed.drop_duplicates(setting)
-    best = first.sort_values("loss", kind="stable").drop_duplicates(cell).sort_index()
-    return best.drop(columns=[c for c in best.columns if c.startswith("_")]).reset_index(drop=True)
+    grouped = searched.groupby(setting, dropna=False, sort=False)["loss"]
+    searched = searched.assign(loss=grouped.transform("mean"), n_seeds=grouped.transform("size"))
+    first = searched.drop_duplicates(setting)
+    best = first.sort_values("loss", kind="stable").drop_duplicates(cell)
+    out = pd.concat([best, kept]).sort_values("_row")
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")]).reset_index(drop=True)
 
 
 def budget_labels(compute_N: np.ndarray, tol_dex: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
