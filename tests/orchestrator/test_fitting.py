@@ -31,9 +31,12 @@ def test_quickstart_like_laws_borrow_from_ling_and_write_a_loadable_config(tmp_p
     assert (tmp_path / "recommended.hf" / "config.json").exists()
 
 
-def _store_with_lr_runs(tmp_path, optimum_by_budget: dict[float, float]) -> tuple[str, str]:
+def _store_with_lr_runs(
+    tmp_path, optimum_by_budget: dict[float, float], target: bool = False
+) -> tuple[str, str]:
     """A real MLflow SQLite store holding a sweep's trial runs: 3 LRs per budget, the best at
-    ``optimum_by_budget[C]``; loss falls with C. Returns (tracking uri, parent run id)."""
+    ``optimum_by_budget[C]``; loss falls with C; with ``target``, one validation target run at 1e15 FLOPs
+    (study ``target``). Returns (tracking uri, parent run id)."""
     import math
 
     from mlflow import MlflowClient
@@ -45,29 +48,31 @@ def _store_with_lr_runs(tmp_path, optimum_by_budget: dict[float, float]) -> tupl
     exp_id = ensure_experiment(client, "lrsweep")
     parent = ensure_parent_run(client, exp_id, "lrsweep", {"n_trials": 12})
     m = 1.0e6
-    for c, best in optimum_by_budget.items():
-        for lr in (best / 2, best, best * 2):
-            loss = 3.0 - 0.1 * math.log10(c / 1e12) + 0.05 * math.log(lr / best) ** 2
-            tags = {"sweep": "lrsweep", "config_hash": f"{c:.3g}-{lr:.3g}", "family": "dense"}
-            tags.update(study="lr", budget=f"{c:.6g}", run_name="r")
-            params = {"optim.lr": lr, "optim.batch_size": 8, "model.seq_len": 128}
-            log = TrialLogger(uri, exp_id, parent, tags, params)
-            log.start()
-            row = {"params": 1e5, "n_total": 2e5, "n_active": 2e5, "m": m, "tokens": c / m, "compute": c}
-            log.finish("finished", {**row, "lr": lr, "batch_tokens": 1024.0, "loss": loss})
+    trials = [(c, lr, "lr") for c, best in optimum_by_budget.items() for lr in (best / 2, best, best * 2)]
+    for c, lr, study in trials + ([(1e15, 0.5, "target")] if target else []):
+        best = optimum_by_budget.get(c, lr)
+        loss = 3.0 - 0.1 * math.log10(c / 1e12) + 0.05 * math.log(lr / best) ** 2
+        tags = {"sweep": "lrsweep", "config_hash": f"{c:.3g}-{lr:.3g}", "family": "dense"}
+        tags.update(study=study, budget=f"{c:.6g}", run_name="r")
+        params = {"optim.lr": lr, "optim.batch_size": 8, "model.seq_len": 128}
+        log = TrialLogger(uri, exp_id, parent, tags, params)
+        log.start()
+        row = {"params": 1e5, "n_total": 2e5, "n_active": 2e5, "m": m, "tokens": c / m, "compute": c}
+        log.finish("finished", {**row, "lr": lr, "batch_tokens": 1024.0, "loss": loss})
     return uri, parent
 
 
-def _fit(tmp_path, optima, max_decades: float = 12.0):
+def _fit(tmp_path, optima, max_decades: float = 12.0, target: bool = False):
     from types import SimpleNamespace
 
     from windtunnel.orchestrator.fitting import fit_at_end
 
-    uri, parent = _store_with_lr_runs(tmp_path, optima)
+    uri, parent = _store_with_lr_runs(tmp_path, optima, target)
     spec = SimpleNamespace(
         name="lrsweep",
         min_runs_to_fit=6,
         fit=SimpleNamespace(laws=["lr_opt"], bootstrap=20, max_extrapolation_decades=max_decades),
+        target=SimpleNamespace() if target else None,
     )
     outcome = SimpleNamespace(summary=[], laws_path=None)
     fit_at_end(spec, uri, parent, tmp_path, outcome)
@@ -94,6 +99,18 @@ def test_identified_lr_law_is_used(tmp_path):
     rec = next(x for x in summary if x.startswith("recommendation"))
     assert "from the sweep: lr_opt" in rec
     assert "extrapolated 10.8 decades beyond its largest run" in rec  # 6.4e24 / 1e14
+
+
+def test_a_validation_target_is_not_a_budget_of_the_lr_check(tmp_path):
+    """The target's run (its LR from the law, at 1e15 FLOPs) is predicted, not fitted: the per-budget
+    optima, the edge warnings and the degenerate check see the ladder's budgets only."""
+    summary, law = _fit(tmp_path, {1e12: 4e-3, 1e13: 2e-3, 1e14: 1e-3}, target=True)
+    text = "\n".join(summary)
+    assert (
+        "per-budget optima (best finished run): C=1e+12: 0.004, C=1e+13: 0.002, C=1e+14: 0.001\n"
+        in text + "\n"
+    )
+    assert "1e+15" not in json.dumps(law["notes"]["optima_by_budget"]) and law["notes"]["degenerate"] is False
 
 
 def test_laws_too_far_from_the_target_do_not_recommend(tmp_path):

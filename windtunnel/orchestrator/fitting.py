@@ -206,14 +206,17 @@ def check_optima(rows: list[dict[str, Any]], b_ci: tuple[float, float] | None = 
 
 def _check_hparam_laws(client: Any, lawset: Any, sweep: str) -> list[str]:
     """Run ``check_optima`` on the fitted lr_opt/batch_opt laws from the store's trial runs (params and
-    budget tags, so pruned runs count as tried); records notes on the laws; returns summary lines."""
+    budget tags, so pruned runs count as tried; a validation target is predicted, never fitted, and is left
+    out); records notes on the laws; returns summary lines."""
     names = [n for n in HPARAM_COLUMNS if n in lawset.laws]
     if not names:
         return []
+    from windtunnel.orchestrator.spec_target import TARGET_STUDY
     from windtunnel.orchestrator.tracking import RT_PREFIX, effective_status, trial_runs, with_retry
 
     exp = with_retry(client.get_experiment_by_name, sweep)
     runs = list(trial_runs(client, exp.experiment_id).values())
+    runs = [r for r in runs if r.data.tags.get("study") != TARGET_STUDY]
     families = {r.data.tags.get("family", "") for r in runs}
     if {"dense", "moe"} <= families:  # the law engine fits these laws on the MoE runs when both are present
         runs = [r for r in runs if r.data.tags.get("family") == "moe"]
