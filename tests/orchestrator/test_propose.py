@@ -90,6 +90,22 @@ def test_cli_refuses_bad_arguments_in_one_line():
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--points", "0.5,0.25"], "--points 0.5,0.25: must be ascending, got [0.5, 0.25]"),
+        (["--points", "0.5,x"], "--points 0.5,x: not a comma-separated list of numbers"),
+        (["--points", "0,1"], "--points 0,1: 0.0 is outside (0, 1]"),
+        (["--points-mode", "wsd"], "--points-mode needs --points (the token fractions of each run's points)"),
+    ],
+)
+def test_cli_refuses_bad_points_in_one_line(extra: list[str], message: str):
+    cmd = [sys.executable, "-m", "windtunnel", "propose", "--experiment", "x", "--target", "1e12", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"windtunnel propose: error: {message}"
+
+
 def _law_runs(base: RunConfig) -> pd.DataFrame:
     """Runs of the micro rule's shapes at 3 IsoFLOP budgets; L = E + A/N^alpha + B/D^beta, 0.3 % noise."""
     shape = shape_of(base)
