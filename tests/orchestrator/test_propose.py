@@ -156,7 +156,8 @@ def test_propose_with_points_gives_runs_with_points_and_their_rows(mode: str):
 
     base = RunConfig.from_dict({**micro_base(40_000), "data": MICRO_DATA})
     pts = PointsConfig(at_fractions=[0.25, 0.5, 1.0], mode=mode)
-    ps = propose(_law_runs(base), base, target_compute=2e11, k=3, bootstrap=20, seed=0, points=pts)
+    runs = _law_runs(base)
+    ps = propose(runs, base, target_compute=2e11, k=3, bootstrap=20, seed=0, points=pts)
     assert len(ps.proposals) == 3 and ps.width_after < ps.width_before
     with_pts = [p for p in ps.proposals if p.cfg.points is not None]
     assert with_pts, "a run with points informs more per FLOP than the same run without: some are chosen"
@@ -166,6 +167,7 @@ def test_propose_with_points_gives_runs_with_points_and_their_rows(mode: str):
         B = p.cfg.batch_tokens
         assert p.point_tokens == tuple((s.step + s.branch_steps) * B for s in point_specs(p.cfg))
         assert p.point_tokens[-1] == p.tokens and len(p.point_tokens) == 3
+        assert min(p.point_tokens) >= 0.98 * runs["tokens"].min()  # no point below the runs' smallest D
         assert p.flops == pytest.approx(trial_flops(p.cfg))
         assert (extra_tokens(p.cfg) > 0) == (mode == "wsd")
         rebuilt = base.with_overrides(proposal_overrides(p))

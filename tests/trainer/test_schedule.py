@@ -155,3 +155,12 @@ def test_bad_warmup_steps_are_refused_naming_the_field(w: int, message: str) -> 
     assert "schedule.warmup_steps" in str(err.value) and message in str(err.value)
     assert "\n" not in str(err.value)
     assert LRSchedule.from_config(_cfg("wsm", warmup_steps=99)).warmup_steps == 99  # W = T - 1 is allowed
+
+
+def test_megatron_export_takes_the_same_warmup() -> None:
+    from windtunnel.recommend.export import megatron_argv
+
+    for cfg in (_cfg("wsm"), _cfg("wsm", warmup_steps=7)):
+        argv = megatron_argv(cfg)
+        warm = argv[argv.index("--lr-warmup-iters") + 1]
+        assert int(warm) == LRSchedule.from_config(cfg).warmup_steps

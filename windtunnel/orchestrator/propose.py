@@ -12,8 +12,9 @@
    already run (N and D within 2 %) are left out. With ``points`` (a ``trainer.config.PointsConfig``) every
    run is offered twice: as it is, and with the points (``schedule.kind`` = the points' mode), whose rows
    are (N, D_k + branch) for each of its points (``trainer.points.point_specs``) at the run's one cost (WSD
-   branches included); a run whose points the trainer refuses (two on one update, one in the warmup) is
-   offered without them.
+   branches included); a run whose points the trainer refuses (two on one update, one in the warmup), or
+   whose first point falls below the smallest D the runs already have (the law is not extrapolated
+   downward), is offered without them.
 4. ``design.greedy_design`` (one row block per candidate run) with Σ of x = (a, b, e, alpha, beta) from
    the fitted runs' Gauss-Newton information sigma²·(JᵀJ)⁻¹ (default: the same sigma² the new runs carry,
    so old and new runs weigh alike; the bootstrap covariance is the other choice, wider where the fit is
@@ -172,8 +173,11 @@ def candidates(
                 run = cfg.with_overrides({"optim.tokens": tokens, **hparams(cfg, tokens)})
             except ConfigError:
                 continue  # e.g. fewer updates than schedule.warmup_steps
-            variants = [run] + ([with_points(run, points)] if points is not None else [])
-            out += [Candidate(v, n, tokens, row_tokens(v)) for v in variants if v is not None]
+            variants = [Candidate(run, n, tokens, row_tokens(run))]
+            pointed = with_points(run, points) if points is not None else None
+            if pointed is not None and min(row_tokens(pointed)) >= 0.98 * float(D0.min()):
+                variants.append(Candidate(pointed, n, tokens, row_tokens(pointed)))
+            out += variants
     return out
 
 
