@@ -342,7 +342,7 @@ def points_config(args: argparse.Namespace, base: RunConfig) -> PointsConfig | N
         raise SystemExit(f"design.py: error: --points {args.points}: {str(err).splitlines()[0]}") from None
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid-store", type=Path, default=None, help="the validation study's sqlite store")
     p.add_argument("--rescore", type=Path, default=None, help="fill abs errors of this result JSON and stop")
@@ -382,6 +382,11 @@ def main() -> int:
     args = p.parse_args()
     if args.repeats < 1:
         raise SystemExit("design.py: error: --repeats must be >= 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.rescore is not None:
         obs = args.observed_loss
         if obs is None and args.grid_store is not None:
