@@ -1,7 +1,8 @@
 """Grid ladder vs adaptive run design for the same target, same trainer and data, measured on the CPU.
 
     python benchmarks/design.py --grid-store /work/vrun1/mlflow.db [--experiment windtunnel_validation_cpu]
-        [--observed-loss L] [--k 2] [--rounds 6] [--bootstrap 50] [--seed-budgets 2] [--out R.json]
+        [--observed-loss L] [--k 2] [--rounds 6] [--bootstrap 50] [--seed-budgets 2]
+        [--points 0.25,0.5,1.0 [--mode wsm|wsd]] [--repeats R] [--seed S] [--out R.json]
     python benchmarks/design.py --rescore R.json (--grid-store DB | --observed-loss L)   # fill abs errors
 
 The grid is the validation study's IsoFLOP ladder (its runs read from a COPY of ``--grid-store``; the store
@@ -16,7 +17,13 @@ trials' ``run_config`` tags, its observed loss the mean of their finished losses
   ``windtunnel.laws.design``), each run trained for real by the trainer (``trainer.loop.train``, one thread,
   the ladder's base config and data) and refitted. Its total compute is ``--adaptive-fraction`` of the
   grid's (a few CPU minutes at the default 5 %), split evenly over the rounds; every round is recorded, and
-  the first round whose width is at most the grid's gives ``compute_ratio``.
+  the first round whose width is at most the grid's gives ``compute_ratio``. With ``--points`` each proposed
+  run may carry points at those token fractions (``trainer.points``, mode ``--mode``, default the ladder's
+  schedule): the design weighs all its rows against its FLOPs counted once, the trainer takes them, and
+  their rows join every later fit (``runtable.expand_points``).
+- repeats: ``--repeats R`` runs the adaptive design R times from the same seed runs; repeat i trains its
+  proposals with seed ``--seed`` + i and fits with bootstrap seed 1000·i (+ round for the proposal's fit).
+  The acceptance keys are the means over the repeats; ``repeat_stats`` holds mean, std (ddof 1), min, max.
 
 Compute is training FLOPs as the trainer counts them, output layer included (``expand.trial_flops``), for
 both designs. ``compute_ratio`` = adaptive compute when its width first reaches the grid's ÷ grid compute
@@ -44,7 +51,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.config import RunConfig  # noqa: E402
+from trainer.config import PointsConfig, RunConfig  # noqa: E402
 from windtunnel.orchestrator.expand import trial_flops  # noqa: E402
 from windtunnel.orchestrator.propose import fit_target, propose, shape_of  # noqa: E402
 
@@ -82,8 +89,10 @@ def target_point(target: RunConfig) -> tuple[float, float, float]:
     return row["params"], row["tokens"], row["compute"]
 
 
-def fit_record(runs: pd.DataFrame, point: tuple[float, float], compute: float, args: Any) -> dict[str, Any]:
-    tf = fit_target(runs, compute, args.bootstrap, seed=0, point=point)
+def fit_record(
+    runs: pd.DataFrame, point: tuple[float, float], compute: float, args: Any, seed: int = 0
+) -> dict[str, Any]:
+    tf = fit_target(runs, compute, args.bootstrap, seed=seed, point=point)
     return {"n_runs": int(len(runs)), "predicted": tf.value, "pi95": [tf.lo, tf.hi], "width": tf.width}
 
 
@@ -103,21 +112,25 @@ def grid_curve(grid: pd.DataFrame, point, compute: float, args: Any) -> list[dic
     return out
 
 
-def train_run(cfg: RunConfig, workdir: Path) -> dict[str, Any]:
-    """Train one proposal with the trainer in a child process (one thread); its run-table row."""
+def train_run(cfg: RunConfig, workdir: Path, run_id: str) -> dict[str, Any]:
+    """Train one proposal with the trainer in a child process (one thread); its run-table row, with its
+    point rows (``runtable.expand_points``: the run's own row first) under ``point_rows``."""
     cfg_path = workdir / f"{cfg.config_hash()}.yaml"
     cfg.to_yaml(cfg_path)
     code = (
         "import json,sys,torch; torch.set_num_threads(1)\n"
         "from trainer.config import RunConfig; from trainer.loop import train\n"
         "from windtunnel.orchestrator.trial import run_table_row\n"
+        "from windtunnel.runtable import expand_points, stored_point_metrics\n"
         "cfg = RunConfig.from_yaml(sys.argv[1]); r = train(cfg)\n"
         "row = run_table_row(cfg, r.tokens, r.val_loss); row.update(status=r.status, wall_s=r.wall_s)\n"
+        "row.update(run_id=sys.argv[2])\n"
+        "row['point_rows'] = expand_points(row, stored_point_metrics(r.points))\n"
         "print('ROW' + json.dumps(row))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(cfg_path)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", code, str(cfg_path), run_id], capture_output=True, text=True, env=env
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW")]
     if proc.returncode != 0 or not lines:
@@ -125,53 +138,70 @@ def train_run(cfg: RunConfig, workdir: Path) -> dict[str, Any]:
     return json.loads(lines[-1][3:])
 
 
-def run_adaptive(grid, base, point, compute, grid_width, grid_cost, args) -> dict[str, Any]:
-    """Seed runs (the smallest budgets), then propose -> train -> refit rounds (module docstring)."""
+def run_adaptive(grid, base, point, compute, grid_width, grid_cost, args, repeat: int = 0) -> dict[str, Any]:
+    """Seed runs (the smallest budgets), then propose -> train -> refit rounds (module docstring). Repeat
+    ``repeat`` trains its proposals with seed ``args.seed + repeat`` and fits with bootstrap seeds of its own;
+    with ``args.points`` the proposals may carry points, whose rows join the fit."""
     from windtunnel.laws.base import budget_labels
 
     labels, _ = budget_labels(grid["compute"].to_numpy(float))
     runs = grid[labels < args.seed_budgets].drop(columns=["cost"]).reset_index(drop=True)
     spent = float(grid.loc[labels < args.seed_budgets, "cost"].sum())
-    rounds = [{"round": 0, "compute": spent, **fit_record(runs, point, compute, args)}]
+    rounds = [{"round": 0, "compute": spent, **fit_record(runs, point, compute, args, seed=1000 * repeat)}]
     print(f"adaptive seed: {len(runs)} runs, {spent:.3g} FLOPs, width {rounds[0]['width']:.4f}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="design_runs_"))
     reached = spent if rounds[0]["width"] <= grid_width else None
     per_round = (args.adaptive_fraction * grid_cost - spent) / args.rounds
+    base = base.model_copy(update={"seed": args.seed + repeat})
     for r in range(1, args.rounds + 1):
         if per_round <= 0:
             break
-        ps = propose(runs, base, compute, args.k, per_round, args.bootstrap, seed=r, point=point)
+        fit_seed = 1000 * repeat + r
+        ps = propose(
+            runs,
+            base,
+            compute,
+            args.k,
+            per_round,
+            args.bootstrap,
+            fit_seed,
+            shape=args.shape,
+            point=point,
+            points=args.pts,
+        )
         if not ps.proposals:
             break
         trained = []
         for p in ps.proposals:
             t0 = time.perf_counter()
-            row = train_run(p.cfg, workdir)
-            row.update(run_id=f"adaptive-r{r}-{p.cfg.config_hash()[:8]}", sweep="adaptive", family="dense")
+            row = train_run(p.cfg, workdir, f"adaptive-x{repeat}-r{r}-{p.cfg.config_hash()[:8]}")
+            rows = [{**x, "sweep": "adaptive", "family": "dense"} for x in row.pop("point_rows")]
             trained.append(
                 {
                     "d_model": p.cfg.model.d_model,
                     "n_layers": p.cfg.model.n_layers,
                     "tokens": p.tokens,
+                    "points": [[x["tokens"], x["loss"]] for x in rows[1:]],
                     "flops": p.flops,
                     "loss": row["loss"],
                     "wall_s": time.perf_counter() - t0,
                 }
             )
-            runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
+            runs = pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
             spent += p.flops
         rec = {"round": r, "compute": spent, "width_at_proposal": ps.width_before}
-        rec.update(expected_width=ps.width_after, runs=trained)
-        rec.update(fit_record(runs, point, compute, args))
+        rec.update(expected_width=ps.width_after, runs=trained, n_rows=int(len(runs)))
+        rec.update(fit_record(runs, point, compute, args, seed=1000 * repeat))
         rounds.append(rec)
+        n_pts = sum(len(t["points"]) for t in trained)
         print(
-            f"adaptive round {r}: {spent:.3g} FLOPs, width {rec['width']:.4f} "
-            f"(expected {ps.width_after:.4f})",
+            f"adaptive round {r}: {len(trained)} runs (+{n_pts} point rows), {spent:.3g} FLOPs, "
+            f"width {rec['width']:.4f} (expected {ps.width_after:.4f})",
             flush=True,
         )
         if rec["width"] <= grid_width and reached is None:
             reached = spent
-    return {"rounds": rounds, "reached_compute": reached}
+    return {"rounds": rounds, "reached_compute": reached, "seed": args.seed + repeat}
 
 
 def width_at(curve: list[dict[str, Any]], compute: float) -> float | None:
@@ -180,30 +210,81 @@ def width_at(curve: list[dict[str, Any]], compute: float) -> float | None:
     return fit[-1]["width"] if fit else None
 
 
-def summarise(grid_rec, curve, ad, grid_cost, observed, args) -> dict[str, Any]:
+ACCEPTANCE = ("compute_ratio", "pi_width_adaptive", "abs_err_adaptive")
+
+
+def repeat_record(ad: dict[str, Any], grid_cost: float, observed: float | None, curve) -> dict[str, Any]:
+    """One repeat's acceptance figures (``compute_ratio`` null when its width never reached the grid's)."""
     last = ad["rounds"][-1]
-    err = (lambda pred: abs(pred - observed)) if observed is not None else (lambda pred: None)
     reached = ad["reached_compute"]
     return {
+        "seed": ad["seed"],
         "compute_ratio": reached / grid_cost if reached is not None else None,
-        "pi_width_grid": grid_rec["width"],
         "pi_width_adaptive": last["width"],
-        "abs_err_grid": err(grid_rec["predicted"]),
-        "abs_err_adaptive": err(last["predicted"]),
-        "branch_point_max_abs_diff": branch_point_diff()[0],
-        "grid_compute": grid_cost,
+        "abs_err_adaptive": abs(last["predicted"] - observed) if observed is not None else None,
+        "predicted_adaptive": last["predicted"],
         "adaptive_compute": last["compute"],
         "pi_width_grid_at_adaptive_compute": width_at(curve, last["compute"]),
+        "widths_by_round": [r["width"] for r in ad["rounds"]],
+    }
+
+
+def repeat_stats(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sample std (ddof 1), min and max over the repeats of each acceptance figure; a figure that is
+    null in some repeat (width not reached) is summarised over the others, with how many it is over."""
+    out = {}
+    for k in ACCEPTANCE:
+        v = [r[k] for r in reps if r[k] is not None]
+        out[k] = {
+            "n": len(v),
+            "of": len(reps),
+            "mean": float(np.mean(v)) if v else None,
+            "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+            "min": float(min(v)) if v else None,
+            "max": float(max(v)) if v else None,
+        }
+    return out
+
+
+def summarise(grid_rec, curve, ads, grid_cost, observed, args) -> dict[str, Any]:
+    """The acceptance keys (the adaptive ones: means over the repeats, null where no repeat has a value),
+    each repeat's figures and their spread, the grid's record and the rounds of every repeat."""
+    reps = [repeat_record(ad, grid_cost, observed, curve) for ad in ads]
+    stats = repeat_stats(reps)
+    mode = args.pts.mode if args.pts is not None else None
+    bp, bp_note = branch_point_diff(mode or "wsm")
+    return {
+        **{k: stats[k]["mean"] for k in ACCEPTANCE},
+        "pi_width_grid": grid_rec["width"],
+        "abs_err_grid": abs(grid_rec["predicted"] - observed) if observed is not None else None,
+        "branch_point_max_abs_diff": bp,
+        "points": args.pts.model_dump(mode="json", exclude_none=True) if args.pts is not None else None,
+        "repeat_stats": stats,
+        "repeats": reps,
+        "grid_compute": grid_cost,
+        "adaptive_compute": float(np.mean([r["adaptive_compute"] for r in reps])),
         "observed_target_loss": observed,
         "grid": grid_rec,
         "grid_curve": curve,
-        "adaptive": ad,
+        "adaptive": ads[0],
+        "adaptive_repeats": ads,
         "notes": [
-            branch_point_diff()[1],
-            "adaptive design without many points per run (one point per trained run)",
-            "compute = training FLOPs with the output layer (expand.trial_flops) for both designs",
+            bp_note,
+            "compute_ratio, pi_width_adaptive, abs_err_adaptive: means over the repeats (repeat_stats)",
+            (
+                f"adaptive runs may carry points at {args.pts.at_fractions} (mode {mode}); "
+                "their rows join the fit"
+                if args.pts is not None
+                else "adaptive design without many points per run (one point per trained run)"
+            ),
+            "compute = training FLOPs with the output layer and any WSD branches (expand.trial_flops), "
+            "both designs",
         ],
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("pts", "shape")
+        },
     }
 
 
@@ -213,14 +294,19 @@ def observed_from_store(store: Path, experiment: str) -> float | None:
     return float(np.mean(grid.attrs["observed"])) if grid.attrs["observed"] else None
 
 
-def branch_point_diff() -> tuple[float | None, str]:
-    """The many-points-per-run validation's max |point − independent run| (nats), from its own result
-    (``benchmarks/branch_points.py``), and where it came from."""
-    src = Path(__file__).resolve().parent / "results" / "branch_points.json"
+def branch_point_diff(mode: str = "wsm") -> tuple[float | None, str]:
+    """The many-points-per-run validation's max |point − independent run| (nats) for points of ``mode`` with
+    the ladder's warmup fraction (the configuration the adaptive runs use), from its own result
+    (``benchmarks/branch_points.py``: branch_points.json for WSM, branch_points_wsd.json for WSD)."""
+    name = "branch_points.json" if mode == "wsm" else f"branch_points_{mode}.json"
+    src = Path(__file__).resolve().parent / "results" / name
     if not src.exists():
-        return None, "branch_point_max_abs_diff: null; run benchmarks/branch_points.py first"
+        return None, f"branch_point_max_abs_diff: null; run benchmarks/branch_points.py --mode {mode} first"
     val = json.loads(src.read_text()).get("branch_point_max_abs_diff")
-    return val, f"branch_point_max_abs_diff from {src.name} (benchmarks/branch_points.py, WSM points)"
+    return (
+        val,
+        f"branch_point_max_abs_diff from {src.name} (benchmarks/branch_points.py, {mode.upper()} points)",
+    )
 
 
 def rescore(path: Path, observed: float) -> dict[str, Any]:
@@ -228,15 +314,35 @@ def rescore(path: Path, observed: float) -> dict[str, Any]:
     out = json.loads(path.read_text())
     out["observed_target_loss"] = observed
     out["abs_err_grid"] = abs(out["grid"]["predicted"] - observed)
-    out["abs_err_adaptive"] = abs(out["adaptive"]["rounds"][-1]["predicted"] - observed)
-    out["branch_point_max_abs_diff"], note = branch_point_diff()
+    for rep in out.get("repeats", []):
+        rep["abs_err_adaptive"] = abs(rep["predicted_adaptive"] - observed)
+    if out.get("repeats"):
+        out["repeat_stats"] = repeat_stats(out["repeats"])
+        out["abs_err_adaptive"] = out["repeat_stats"]["abs_err_adaptive"]["mean"]
+    else:
+        out["abs_err_adaptive"] = abs(out["adaptive"]["rounds"][-1]["predicted"] - observed)
+    mode = (out.get("points") or {}).get("mode", "wsm")
+    out["branch_point_max_abs_diff"], note = branch_point_diff(mode)
     out["notes"] = [n for n in out.get("notes", []) if not n.startswith("branch_point_max_abs_diff")] + [note]
     out["rescored_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     path.write_text(json.dumps(out, indent=2, default=float))
     return out
 
 
-def main() -> int:
+def points_config(args: argparse.Namespace, base: RunConfig) -> PointsConfig | None:
+    """``--points``/``--mode`` as the PointsConfig the proposals may carry (mode default: the ladder's
+    schedule when it is wsm or wsd, else wsm)."""
+    if args.points is None:
+        return None
+    kind = base.schedule.kind
+    mode = args.mode or (kind if kind in ("wsm", "wsd") else "wsm")
+    try:
+        return PointsConfig(at_fractions=[float(x) for x in args.points.split(",")], mode=mode)
+    except ValueError as err:
+        raise SystemExit(f"design.py: error: --points {args.points}: {str(err).splitlines()[0]}") from None
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grid-store", type=Path, default=None, help="the validation study's sqlite store")
     p.add_argument("--rescore", type=Path, default=None, help="fill abs errors of this result JSON and stop")
@@ -257,8 +363,30 @@ def main() -> int:
     p.add_argument(
         "--seed-budgets", type=int, default=2, help="the ladder's smallest budgets the design starts from"
     )
+    p.add_argument(
+        "--points",
+        default=None,
+        help="token fractions, e.g. 0.25,0.5,1.0: the adaptive runs may give a row at each (trainer.points)",
+    )
+    p.add_argument("--mode", choices=["wsm", "wsd"], default=None, help="points mode (default: the ladder's)")
+    p.add_argument(
+        "--aspect-ratio",
+        type=float,
+        default=None,
+        help="d_model / n_layers of the proposed models (default: the largest grid run's; the 1-layer "
+        "study's ladder rule has 100000: every model one layer)",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="adaptive designs, each with its own seeds")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the first repeat's proposals")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "design.json")
     args = p.parse_args()
+    if args.repeats < 1:
+        raise SystemExit("design.py: error: --repeats must be >= 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.rescore is not None:
         obs = args.observed_loss
         if obs is None and args.grid_store is not None:
@@ -288,8 +416,15 @@ def main() -> int:
     grid_rec = fit_record(grid, (n_t, d_t), c_t, args)
     curve = grid_curve(grid, (n_t, d_t), c_t, args)
     base = cfgs[grid.loc[grid["compute"].idxmax(), "run_id"]]
-    ad = run_adaptive(grid, base, (n_t, d_t), c_t, grid_rec["width"], grid_cost, args)
-    out = summarise(grid_rec, curve, ad, grid_cost, observed, args)
+    args.pts = points_config(args, base)
+    args.shape = shape_of(base)
+    if args.aspect_ratio is not None:
+        args.shape = args.shape.model_copy(update={"aspect_ratio": args.aspect_ratio})
+    ads = []
+    for i in range(args.repeats):
+        print(f"repeat {i + 1}/{args.repeats} (seed {args.seed + i})", flush=True)
+        ads.append(run_adaptive(grid, base, (n_t, d_t), c_t, grid_rec["width"], grid_cost, args, i))
+    out = summarise(grid_rec, curve, ads, grid_cost, observed, args)
     out["target"] = {"params": n_t, "tokens": d_t, "compute": c_t, "shape": shape_of(targets[0]).model_dump()}
     out["wall_s"] = time.perf_counter() - t0
     out["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -308,6 +443,7 @@ def main() -> int:
                     "pi_width_adaptive",
                     "abs_err_grid",
                     "abs_err_adaptive",
+                    "repeat_stats",
                 )
             },
             indent=2,

@@ -2,7 +2,7 @@
 and their panel: the 95 % interval width of the predicted loss at the target per round, the runs each round
 added and the compute spent so far.
 
-What the store holds per round r (written by ``adaptive.record_round`` and ``adaptive._finish_round``):
+What the store holds per round r (written by ``adaptive.record_round`` and ``adaptive.finish_round``):
 - the round run (tags ``windtunnel.role = adaptive_round``, ``adaptive_round = r``), params
   ``target_compute``, ``width_before`` (the design's linearised width before the proposals),
   ``expected_width_after`` (that width after them, ``laws.design``), ``proposed_flops``, ``n_proposals``;

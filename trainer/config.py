@@ -160,12 +160,26 @@ class ScheduleConfig(_Strict):
 
     kind: Literal["wsm", "wsd", "cosine", "constant"] = "wsm"
     warmup_fraction: float = Field(0.02, ge=0, lt=1, description="share of steps in linear warmup")
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        exclude_if=lambda v: v is None,  # unset: absent from dumps, hashes and trial keys
+        description="linear warmup in updates; replaces warmup_fraction when set (runs of different lengths "
+        "share it; a run must have more updates than this)",
+    )
     decay_fraction: float = Field(0.2, ge=0, le=1, description="WSD: share of steps in the decay")
     decay_shape: Literal["linear", "1-sqrt"] = Field("linear", description="WSD: decay curve f(x)")
     checkpoint_interval: int = Field(0, ge=0, description="WSM: steps between merge checkpoints (0: auto)")
     merge_window: int = Field(8, ge=1, description="WSM: number of checkpoints merged")
     merge_shape: Literal["mean", "1-sqrt", "ema", "linear"] = "mean"
     ema_decay: float = Field(0.9, gt=0, lt=1)
+
+    def warmup_updates(self, total_steps: int) -> int:
+        """W, the warmup in updates of a run of ``total_steps`` updates: ``warmup_steps`` when set (the run's
+        config refuses W >= T, see ``RunConfig``), else round(warmup_fraction·T) clamped to T − 1."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(int(round(self.warmup_fraction * total_steps)), max(total_steps - 1, 0))
 
 
 class PointsConfig(_Strict):
@@ -269,6 +283,12 @@ class RunConfig(_Strict):
         if self.model.n_heads % self.parallel.tp:
             raise ValueError(
                 f"parallel.tp ({self.parallel.tp}) must divide model.n_heads ({self.model.n_heads})"
+            )
+        w = self.schedule.warmup_steps
+        if w is not None and w > 0 and w >= self.steps:
+            raise ValueError(
+                f"schedule.warmup_steps: {w} is not below this run's {self.steps} updates "
+                "(optim.tokens / (batch_size * seq_len)); lower it or train more tokens"
             )
         if self.points is not None:
             from trainer.points import check_points

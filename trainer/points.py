@@ -13,7 +13,9 @@ tokens (B = tokens per batch):
   η_t = η·(m + (1-m)·f(x)), x = (t - s_k + 1)/b_k (the run's decay shape f and min_lr_ratio m), is
   evaluated and thrown away; the parent continues from the saved state, unchanged. r = ``branch_fraction``,
   or d/(1-d) (d = ``schedule.decay_fraction``) so a branch decays over the share d of its tokens, as the
-  run's own final decay does. The branch trains b_k·B extra tokens.
+  run's own final decay does. The branch trains b_k·B extra tokens. A WSD point inside the warmup is refused.
+- both modes: a point's warmup is the parent's W updates (``ScheduleConfig.warmup_updates``), so it equals
+  the warmup of a run trained to D_k alone only when W is given in updates (``schedule.warmup_steps``).
 
 The point at f = 1 is the run itself: its ``val_loss`` (the merged model's for WSM, the decayed one's for
 WSD), with no extra training. Each point's loss is the mean LM loss over the run's own validation batches.
@@ -115,7 +117,14 @@ def check_points(cfg: RunConfig) -> None:
     if pts.mode == "wsd":
         if not math.isfinite(branch_ratio(cfg)):
             raise ValueError("points.branch_fraction: needed when schedule.decay_fraction is 0 or 1")
-        stable_end = T - LRSchedule.from_config(cfg).decay_steps
+        sched = LRSchedule.from_config(cfg)
+        early = [f for f, s in zip(pts.at_fractions, steps, strict=True) if s <= sched.warmup_steps]
+        if early:
+            raise ValueError(
+                f"points.at_fractions: {early[0]} lies in the run's warmup ({sched.warmup_steps} updates); "
+                "a WSD branch decays from the peak LR"
+            )
+        stable_end = T - sched.decay_steps
         late = [f for f, s in zip(pts.at_fractions, steps, strict=True) if stable_end < s < T]
         if late:
             raise ValueError(

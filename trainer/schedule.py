@@ -3,7 +3,10 @@
 Step convention: ``t`` is the 0-based index of an optimizer update, ``t = 0 .. T-1`` where ``T`` is the
 run's total number of updates (``RunConfig.steps``). The LR returned for ``t`` is used by update ``t``.
 
-Schedules (``η`` is the peak LR, ``W`` the warmup steps, ``m`` = ``min_lr_ratio``):
+Schedules (``η`` is the peak LR, ``W`` the warmup steps, ``m`` = ``min_lr_ratio``). ``W`` is
+``schedule.warmup_steps`` when set (absolute, the same for runs of any length: a config with ``W >= T`` is
+refused, never clamped), else ``round(warmup_fraction·T)`` clamped to ``T - 1``
+(``ScheduleConfig.warmup_updates``):
 
 - warmup (all kinds): ``η_t = η·(t+1)/W`` for ``t < W`` (the first update already moves; update ``W-1``
   reaches the peak).
@@ -53,7 +56,7 @@ class LRSchedule:
     def from_config(cls, run_cfg: RunConfig) -> LRSchedule:
         sched = run_cfg.schedule
         total = run_cfg.steps
-        warmup = min(int(round(sched.warmup_fraction * total)), max(total - 1, 0))
+        warmup = sched.warmup_updates(total)
         decay = 0
         if sched.kind == "wsd":
             decay = min(int(round(sched.decay_fraction * total)), total - warmup)

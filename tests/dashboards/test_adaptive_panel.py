@@ -2,7 +2,7 @@
 round runs by ``adaptive.record_round``, the rounds' trials tagged by ``trial.trial_tags`` from
 ``resume.trial_item`` items (as ``adaptive.round_items`` builds them), their ``rt.*`` row by
 ``trial.run_table_row``; the width metric under ``adaptive.WIDTH_METRIC`` on the round run and on the
-parent at step r (as ``adaptive._finish_round`` logs it)."""
+parent at step r (as ``adaptive.finish_round`` logs it)."""
 
 from __future__ import annotations
 

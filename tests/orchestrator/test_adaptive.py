@@ -1,9 +1,11 @@
 """The adaptive phase end to end on the real stack (Ray Tune, MLflow SQLite, the trainer): a micro IsoFLOP
 ladder, then one propose -> run -> fit round of k = 2; the round's proposal is recorded, its trials carry
-``adaptive_round``, the round logs ``pi95_width_at_target``; a second run of the sweep launches nothing."""
+``adaptive_round``, the round logs ``pi95_width_at_target`` and the loop's stop reason; a second run of the
+sweep launches nothing. With ``adaptive.points`` the round's runs may give several rows each."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from micro_spec import MICRO_DATA, micro_base
 
-from windtunnel.orchestrator.adaptive import ROUND_ROLE, WIDTH_METRIC
+from windtunnel.orchestrator.adaptive import ROUND_ROLE, STOP_TAG, WIDTH_METRIC
 from windtunnel.orchestrator.tracking import ROLE, open_client, search_all, trial_runs
 
 pytestmark = [pytest.mark.slow]
@@ -50,27 +52,39 @@ def _run(spec_path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
 
-def test_one_round_recorded_run_and_resumed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("points", [None, {"at_fractions": [0.5, 1.0], "mode": "wsd"}])
+def test_one_round_recorded_run_and_resumed(tmp_path: Path, points: dict | None) -> None:
+    spec = {**SPEC, "adaptive": {**SPEC["adaptive"], **({"points": points} if points else {})}}
     spec_path = tmp_path / "a.yaml"
-    spec_path.write_text(yaml.safe_dump(SPEC))
+    spec_path.write_text(yaml.safe_dump(spec))
     proc = _run(spec_path, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "adaptive round 1: 2 runs" in proc.stdout, proc.stdout[-3000:]
-
     client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("micro_adaptive").experiment_id
     rounds = search_all(client, exp_id, f"tags.`{ROLE}` = '{ROUND_ROLE}'")
     assert len(rounds) == 1 and rounds[0].data.tags["adaptive_round"] == "1"
-    assert rounds[0].data.params["n_proposals"] == "2"
+    n = int(rounds[0].data.params["n_proposals"])  # k = 2 within the budget; a run with points costs more
+    assert n == 2 if not points else 1 <= n <= 2
+    assert f"adaptive round 1: {n} runs" in proc.stdout, proc.stdout[-3000:]
     assert WIDTH_METRIC in rounds[0].data.metrics and rounds[0].data.metrics[WIDTH_METRIC] > 0
+    assert rounds[0].data.tags[STOP_TAG] == "rounds: all 1 rounds ran"
+    parent = client.get_run(rounds[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags[STOP_TAG] == "rounds: all 1 rounds ran"
     runs = trial_runs(client, exp_id)
     tagged = [r for r in runs.values() if r.data.tags.get("adaptive_round") == "1"]
-    assert len(tagged) == 2 and all(r.data.tags["status"] == "finished" for r in tagged)
+    assert len(tagged) == n and all(r.data.tags["status"] == "finished" for r in tagged)
     assert all(r.data.tags["study"] == "adaptive_r1" for r in tagged)
-    assert len(runs) == 6 + 2
+    assert len(runs) == 6 + n
+    if points:  # the runs with points report them; their rows join the run table the round refits
+        from windtunnel.orchestrator.tracking import runs_from_mlflow
+
+        table = runs_from_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}", "micro_adaptive")
+        ids = {r.info.run_id for r in tagged if json.loads(r.data.tags["run_config"]).get("points")}
+        assert ids, "the design proposed no run with points"
+        assert set(table.loc[table["point_fraction"] == 0.5, "parent_run_id"]) == ids
 
     again = _run(spec_path, tmp_path)  # resume: the recorded round and its finished runs stand
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "recorded proposal" in again.stdout, again.stdout[-3000:]
-    assert len(trial_runs(client, exp_id)) == 8
+    assert len(trial_runs(client, exp_id)) == 6 + n
     assert len(search_all(client, exp_id, f"tags.`{ROLE}` = '{ROUND_ROLE}'")) == 1

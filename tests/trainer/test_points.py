@@ -13,7 +13,7 @@ from trainer.config import ConfigError, RunConfig
 from trainer.flops import flops_per_token
 from trainer.loop import train
 from trainer.points import extra_tokens, point_specs
-from trainer.schedule import checkpoint_interval, merge_checkpoint_steps
+from trainer.schedule import LRSchedule, checkpoint_interval, merge_checkpoint_steps
 
 SEQ, BATCH = 32, 4
 
@@ -101,6 +101,13 @@ def test_bad_points_are_refused_naming_the_field(points: dict, kind: str, messag
     assert "\n" not in str(err.value)
 
 
+def test_wsd_points_inside_the_warmup_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        make_cfg(100, "wsd", {"at_fractions": [0.1, 1.0], "mode": "wsd"}, warmup_steps=10)
+    assert "points.at_fractions: 0.1 lies in the run's warmup (10 updates)" in str(err.value)
+    make_cfg(100, "wsd", {"at_fractions": [0.11, 1.0], "mode": "wsd"}, warmup_steps=10)  # after it: fine
+
+
 def test_unset_points_leave_dumps_and_hashes_alone() -> None:
     plain = make_cfg(100)
     assert "points" not in plain.model_dump()
@@ -152,6 +159,23 @@ def test_wsd_branches_equal_independent_wsd_runs_and_count_their_flops(cache_dir
         assert p["point_val_loss"] == pytest.approx(alone.val_loss, abs=1e-6)
         assert p["point_flops"] == M * alone.tokens  # trainer.flops accounting of the point's tokens
         assert p["point_extra_flops"] == M * b_k * cfg.batch_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["wsm", "wsd"])
+def test_points_with_warmup_steps_equal_independent_runs(cache_dir: str, mode: str) -> None:
+    """``schedule.warmup_steps``: the parent's points and the independent runs share W = 12 warmup updates
+    (a fraction would give each run its own), so a point is the independent run to float precision."""
+    pts = {"at_fractions": [0.25, 0.5, 1.0], "mode": mode}
+    cfg = make_cfg(80, mode, pts, cache=cache_dir, warmup_steps=12, decay_fraction=0.2)
+    assert LRSchedule.from_config(cfg).warmup_steps == 12
+    result = train(cfg)
+    for p in result.points[:-1]:
+        s_k, total = int(p["point_step"]), int(p["point_tokens"]) // cfg.batch_tokens
+        sched = {"decay_fraction": (total - s_k) / total} if mode == "wsd" else {}
+        alone = _independent(cfg, total, **sched)
+        assert alone.schedule.warmup_steps == 12
+        assert p["point_val_loss"] == pytest.approx(train(alone).val_loss, abs=1e-6)
 
 
 class Crash(Exception):

@@ -112,3 +112,55 @@ def test_checkpoint_interval_and_steps() -> None:
     steps = merge_checkpoint_steps(1000, 8, 25)
     assert steps == [825, 850, 875, 900, 925, 950, 975, 1000]
     assert merge_checkpoint_steps(5, 8, 1) == [1, 2, 3, 4, 5]
+
+
+# ---- warmup given in updates (schedule.warmup_steps) ---------------------------------------------------
+
+
+def test_warmup_steps_replace_the_fraction_and_are_the_same_for_any_run_length() -> None:
+    s = LRSchedule.from_config(_cfg("wsm", warmup_steps=7))  # warmup_fraction 0.1 would give 10
+    assert s.warmup_steps == 7
+    assert s(0) == pytest.approx(1e-2 / 7) and s(3) == pytest.approx(1e-2 * 4 / 7)
+    assert s(6) == pytest.approx(1e-2) and s(7) == pytest.approx(1e-2)
+    # a run of a quarter of the updates keeps 7 warmup updates; with the fraction it would get round(2.5)
+    short = _cfg("wsm", warmup_steps=7).with_overrides({"optim.tokens": 25 * 32})
+    assert short.steps == 25 and LRSchedule.from_config(short).warmup_steps == 7
+    frac = _cfg("wsm").with_overrides({"optim.tokens": 25 * 32})
+    assert LRSchedule.from_config(frac).warmup_steps == 2
+    wsd = LRSchedule.from_config(_cfg("wsd", warmup_steps=7, decay_fraction=0.2))
+    assert (wsd.warmup_steps, wsd.decay_steps) == (7, 20) and wsd(79) == pytest.approx(1e-2)
+    assert wsd(89) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))  # the decay is unchanged by the warmup
+
+
+def test_warmup_fraction_path_is_unchanged_when_warmup_steps_is_unset() -> None:
+    cfg = _cfg("cosine")
+    assert cfg.schedule.warmup_steps is None
+    assert "warmup_steps" not in cfg.model_dump()["schedule"]  # unset: dumps and config hashes as before
+    s = LRSchedule.from_config(cfg)
+    assert s.warmup_steps == 10 and s(4) == pytest.approx(5e-3)
+    assert _cfg("cosine", warmup_steps=10).config_hash() != cfg.config_hash()
+    # the fraction is clamped below T; a run of 1 update has no warmup
+    one = _cfg("wsm", warmup_fraction=0.9).with_overrides({"optim.tokens": 32})
+    assert LRSchedule.from_config(one).warmup_steps == 0
+
+
+@pytest.mark.parametrize(
+    ("w", "message"), [(-1, "greater than or equal to 0"), (100, "not below this run's 100 updates")]
+)
+def test_bad_warmup_steps_are_refused_naming_the_field(w: int, message: str) -> None:
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _cfg("wsm", warmup_steps=w)
+    assert "schedule.warmup_steps" in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert LRSchedule.from_config(_cfg("wsm", warmup_steps=99)).warmup_steps == 99  # W = T - 1 is allowed
+
+
+def test_megatron_export_takes_the_same_warmup() -> None:
+    from windtunnel.recommend.export import megatron_argv
+
+    for cfg in (_cfg("wsm"), _cfg("wsm", warmup_steps=7)):
+        argv = megatron_argv(cfg)
+        warm = argv[argv.index("--lr-warmup-iters") + 1]
+        assert int(warm) == LRSchedule.from_config(cfg).warmup_steps

@@ -10,7 +10,12 @@ Round r (1..rounds), after the sweep's studies have run and their laws are fitte
    overrides of the sweep's base as JSON, the target, the expected width after);
 3. train the proposals through the sweep's Ray Tune path (``launch``), study ``adaptive_r{r}``, each
    trial tagged ``adaptive_round=r``;
-4. refit and log the round's ``pi95_width_at_target`` (on the round run, and on the parent run at step r).
+4. refit and log the round's ``pi95_width_at_target`` (on the round run, and on the parent run at step r);
+   ``finish_round``.
+
+When the loop ends, why it ended (the interval narrow enough, the budget spent, or all rounds run) is the tag
+``adaptive_stop_reason`` on the last round run and on the sweep's parent run. With ``adaptive.points`` the
+proposals may be runs with several points (``propose``), whose point rows join the fit like any others.
 
 Resume: a round already recorded is not proposed again (its recorded runs stand); its runs are identified
 by ``trial_key`` like every trial, so finished ones are not re-run; a round whose width is logged is done.
@@ -30,6 +35,7 @@ from windtunnel.orchestrator.spec_adaptive import ADAPTIVE_PREFIX
 
 ROUND_ROLE = "adaptive_round"
 WIDTH_METRIC = "pi95_width_at_target"
+STOP_TAG = "adaptive_stop_reason"
 
 
 def design_base(spec: SweepSpec) -> tuple[RunConfig, Any]:
@@ -58,6 +64,8 @@ def sweep_runs(uri: str, spec: SweepSpec, run_ids: set[str]) -> Any:
     if len(df) == 0:
         return df
     keep = df["run_id"].isin(run_ids) | df["study"].str.startswith(ADAPTIVE_PREFIX)
+    if "parent_run_id" in df:
+        keep |= df["parent_run_id"].isin(run_ids)  # the point rows of the studies' runs
     return df[keep].reset_index(drop=True)
 
 
@@ -127,11 +135,13 @@ def run_adaptive(
     exp_id = ensure_experiment(client, spec.name)
     base, shape = design_base(spec)
     left = a.budget if a.budget is not None else math.inf
-    ran = False
+    ran, last = False, 0
+    stop = f"rounds: all {a.rounds} rounds ran"
     for r in range(1, a.rounds + 1):
         cfgs, why = _round_configs(spec, uri, client, exp_id, parent_id, outcome, r, base, shape, left)
         if cfgs is None:
             outcome.summary.append(f"adaptive: stopped before round {r}: {why}")
+            stop = why
             break
         left -= sum(trial_flops(c) for c in cfgs)
         items, keys = round_items(cfgs, r, spec)
@@ -139,12 +149,22 @@ def run_adaptive(
         todo = [it for it, k in zip(items, keys, strict=True) if k not in done]
         if todo:
             launch(todo, r)
-        ran = True
-        width = _finish_round(spec, uri, client, exp_id, parent_id, outcome, r)
+        ran, last = True, r
+        width = finish_round(spec, uri, client, exp_id, parent_id, outcome, r)
         outcome.summary.append(
             f"adaptive round {r}: {len(cfgs)} runs ({why}); pi95 width at target {width:.4f}"
         )
+    record_stop(client, exp_id, parent_id, last, stop)
     return ran
+
+
+def record_stop(client: Any, exp_id: str, parent_id: str, last_round: int, reason: str) -> None:
+    """Tag ``adaptive_stop_reason`` on the last round run (if a round ran) and on the sweep's parent run."""
+    from windtunnel.orchestrator.tracking import with_retry
+
+    rec = find_round(client, exp_id, last_round) if last_round else None
+    for run_id in ([rec.info.run_id] if rec is not None else []) + [parent_id]:
+        with_retry(client.set_tag, run_id, STOP_TAG, reason[:5000])
 
 
 def _done_keys(client: Any, exp_id: str) -> set[str]:
@@ -173,15 +193,17 @@ def _round_configs(
         if tf.width <= a.stop_at_pi_width:
             return None, f"pi95 width {tf.width:.4f} <= stop_at_pi_width {a.stop_at_pi_width:g}"
     round_budget = left / (a.rounds - r + 1)  # the budget left, spread evenly over the rounds left
-    ps = propose(df, base, a.target, a.k, round_budget, a.bootstrap, seed=r, shape=shape)
+    ps = propose(df, base, a.target, a.k, round_budget, a.bootstrap, seed=r, shape=shape, points=a.points)
     if not ps.proposals:
         return None, f"no proposed run fits in this round's {round_budget:.3g} FLOPs of adaptive.budget"
     rec = record_round(client, exp_id, parent_id, r, ps)
     return [p.cfg for p in ps.proposals], f"expected width {ps.width_before:.4f} -> {ps.width_after:.4f}"
 
 
-def _finish_round(spec: SweepSpec, uri, client, exp_id, parent_id, outcome, r: int) -> float:
-    """Refit with round r's runs, log ``pi95_width_at_target`` (round run, parent at step r); the width."""
+def finish_round(spec: SweepSpec, uri, client, exp_id, parent_id, outcome, r: int) -> float:
+    """Round r's 95 % interval width at the target: refit the sweep's runs with round r's (their point rows
+    included), log ``pi95_width_at_target`` (round run, parent at step r) and return it; a round whose width
+    is logged returns that width without refitting."""
     from mlflow.entities import Metric
 
     from windtunnel.orchestrator.propose import fit_target

@@ -1,5 +1,6 @@
 """``windtunnel propose``: the k next runs of an experiment that most narrow the 95 % interval of the
-predicted loss at a target compute per FLOP (``propose.py``, ``windtunnel.laws.design``)."""
+predicted loss at a target compute per FLOP (``propose.py``, ``windtunnel.laws.design``); with ``--points``
+a proposed run may give several (N, D_k) rows (``trainer.points``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples of the law fit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the proposals as a sweep YAML fragment")
+    parser.add_argument(
+        "--points",
+        default=None,
+        help="token fractions, e.g. 0.25,0.5,1.0: proposed runs may give a (N, D_k) row at each "
+        "(trainer.points), weighed against their FLOPs counted once",
+    )
+    parser.add_argument(
+        "--points-mode",
+        choices=["wsm", "wsd"],
+        default=None,
+        help="wsm: merged checkpoints; wsd: cooldown branches (default: the experiment's schedule if wsm or "
+        "wsd, else wsm)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -38,6 +52,27 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--bootstrap must be >= 2 (the design needs a covariance), got {args.bootstrap}")
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out}: is a directory; give the YAML file to write")
+    if args.points_mode is not None and args.points is None:
+        raise UserError("--points-mode needs --points (the token fractions of each run's points)")
+    if args.points is not None:
+        parse_points(args.points, args.points_mode or "wsm")
+
+
+def parse_points(text: str, mode: str) -> Any:
+    """``--points 0.25,0.5,1.0`` as a ``trainer.config.PointsConfig`` of ``mode``; UserError naming it."""
+    from pydantic import ValidationError
+
+    from trainer.config import PointsConfig
+
+    try:
+        fractions = [float(x) for x in text.split(",") if x.strip()]
+        return PointsConfig(at_fractions=fractions, mode=mode)
+    except ValueError as err:
+        if isinstance(err, ValidationError):
+            why = err.errors()[0]["msg"].removeprefix("Value error, ")
+        else:
+            why = "not a comma-separated list of numbers"
+        raise UserError(f"--points {text}: {why}") from None
 
 
 def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -67,13 +102,30 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
     return runs, base
 
 
+def points_cell(p: Any) -> str:
+    """ "-" for a run of one row, else its mode and the fractions it gives rows at."""
+    if p.cfg.points is None:
+        return "-"
+    return f"{p.cfg.points.mode} {','.join(f'{f:g}' for f in p.cfg.points.at_fractions)}"
+
+
 def print_proposals(ps: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     table = Table(title=f"proposed runs for the target C = {ps.target_compute:.3g} FLOPs")
-    for col in ("#", "N (params)", "D (tokens)", "shape", "lr", "batch", "FLOPs", "pi95 width after"):
+    for col in (
+        "#",
+        "N (params)",
+        "D (tokens)",
+        "points",
+        "shape",
+        "lr",
+        "batch",
+        "FLOPs",
+        "pi95 width after",
+    ):
         table.add_column(col)
     for i, p in enumerate(ps.proposals):
         m = p.cfg.model
@@ -82,6 +134,7 @@ def print_proposals(ps: Any) -> None:
             str(i + 1),
             f"{p.params:.4g}",
             f"{p.tokens:,}",
+            points_cell(p),
             shape,
             f"{p.cfg.optim.lr:.3g}",
             str(p.cfg.optim.batch_size),
@@ -107,8 +160,12 @@ def main(args: argparse.Namespace) -> int:
 
     check_args(args)
     runs, base = load_experiment(args)
+    points = None
+    if args.points is not None:
+        kind = base.schedule.kind
+        points = parse_points(args.points, args.points_mode or (kind if kind in ("wsm", "wsd") else "wsm"))
     try:
-        ps = propose(runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed)
+        ps = propose(runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed, points=points)
     except ValueError as err:
         raise UserError(str(err).splitlines()[0]) from None
     print_proposals(ps)

@@ -9,10 +9,16 @@
    steps of head_dim, n_layers = d_model / aspect ratio, d_ffn = ffn_mult·d_model, as the ladder's
    ``LadderRule``) from the smallest run's size up to the target's, times token counts log-spaced from the
    smallest run's D to the target's D; cost = ``expand.trial_flops`` (the trainer's own accounting). Points
-   already run (N and D within 2 %) are left out.
-4. ``design.greedy_design`` with Σ of x = (a, b, e, alpha, beta) from the fitted runs' Gauss-Newton
-   information sigma²·(JᵀJ)⁻¹ (default: the same sigma² the new runs carry, so old and new runs weigh alike;
-   the bootstrap covariance is the other choice, wider where the fit is non-linear), sigma² = the fit's
+   already run (N and D within 2 %) are left out. With ``points`` (a ``trainer.config.PointsConfig``) every
+   run is offered twice: as it is, and with the points (``schedule.kind`` = the points' mode), whose rows
+   are (N, D_k + branch) for each of its points (``trainer.points.point_specs``) at the run's one cost (WSD
+   branches included); a run whose points the trainer refuses (two on one update, one in the warmup), or
+   whose first point falls below the smallest D the runs already have (the law is not extrapolated
+   downward), is offered without them.
+4. ``design.greedy_design`` (one row block per candidate run) with Σ of x = (a, b, e, alpha, beta) from
+   the fitted runs' Gauss-Newton information sigma²·(JᵀJ)⁻¹ (default: the same sigma² the new runs carry,
+   so old and new runs weigh alike; the bootstrap covariance is the other choice, wider where the fit is
+   non-linear), sigma² = the fit's
    in-sample residual variance (at least ``sigma_floor``²); Σ is scaled so that the linearised interval at
    the target equals the law's own (``calibration``), and widths use the law's ``pi95`` sigma.
 """
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.config import RunConfig
+from trainer.config import ConfigError, PointsConfig, RunConfig
 from windtunnel.errors import UserError
 from windtunnel.laws import design
 from windtunnel.orchestrator.spec_target import TargetShape
@@ -42,6 +48,36 @@ class Proposal:
     tokens: int
     flops: float
     width_after: float  # expected pi95 width at the target after this and the earlier proposals
+    point_tokens: tuple[int, ...] = ()  # tokens of each run-table row the run gives (its points; () = one)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run the design may propose: its config, N, D and the tokens of every row it gives (its points)."""
+
+    cfg: RunConfig
+    params: float
+    tokens: int
+    point_tokens: tuple[int, ...]
+
+
+def with_points(cfg: RunConfig, points: PointsConfig) -> RunConfig | None:
+    """``cfg`` with ``points`` (and ``schedule.kind`` = their mode), or None when the trainer refuses them."""
+    over = {"schedule.kind": points.mode, "points": points.model_dump(mode="json", exclude_none=True)}
+    try:
+        return cfg.with_overrides(over)
+    except ConfigError:
+        return None
+
+
+def row_tokens(cfg: RunConfig) -> tuple[int, ...]:
+    """Tokens of each run-table row of ``cfg``: D_k + its branch per point (``trainer.points``), else D."""
+    from trainer.points import point_specs
+
+    specs = point_specs(cfg)
+    if not specs:
+        return (cfg.steps * cfg.batch_tokens,)
+    return tuple((p.step + p.branch_steps) * cfg.batch_tokens for p in specs)
 
 
 @dataclass
@@ -114,9 +150,15 @@ def model_sizes(
 
 
 def candidates(
-    base: RunConfig, shape: TargetShape, runs: pd.DataFrame, n_target: float, d_target: float, hparams: Any
-) -> list[tuple[RunConfig, float, int]]:
-    """(config, N, D) of the candidate grid (module docstring, step 3)."""
+    base: RunConfig,
+    shape: TargetShape,
+    runs: pd.DataFrame,
+    n_target: float,
+    d_target: float,
+    hparams: Any,
+    points: PointsConfig | None = None,
+) -> list[Candidate]:
+    """The candidate grid (module docstring, step 3): every run as it is, and with ``points`` when given."""
     N0, D0 = runs["params"].to_numpy(float), runs["tokens"].to_numpy(float)
     sizes = model_sizes(base, shape, float(N0.min()), max(float(N0.max()), n_target))
     d_hi = max(float(D0.max()), d_target)
@@ -127,8 +169,15 @@ def candidates(
             tokens = max(bt, int(round(d / bt)) * bt)
             if np.any((np.abs(np.log(N0 / n)) < 0.02) & (np.abs(np.log(D0 / tokens)) < 0.02)):
                 continue  # already run
-            run = cfg.with_overrides({"optim.tokens": tokens, **hparams(cfg, tokens)})
-            out.append((run, n, tokens))
+            try:
+                run = cfg.with_overrides({"optim.tokens": tokens, **hparams(cfg, tokens)})
+            except ConfigError:
+                continue  # e.g. fewer updates than schedule.warmup_steps
+            variants = [Candidate(run, n, tokens, row_tokens(run))]
+            pointed = with_points(run, points) if points is not None else None
+            if pointed is not None and min(row_tokens(pointed)) >= 0.98 * float(D0.min()):
+                variants.append(Candidate(pointed, n, tokens, row_tokens(pointed)))
+            out += variants
     return out
 
 
@@ -265,10 +314,14 @@ def propose(
     shape: TargetShape | None = None,
     point: tuple[float, float] | None = None,
     covariance: str = "gauss-newton",
+    points: PointsConfig | None = None,
+    point_corr: float = 0.0,
 ) -> ProposalSet:
     """The ``k`` runs that most lower the target's pi95 width per FLOP (module docstring); ``point`` fixes
     the target's (N, D) instead of the compute-optimal one; ``covariance``: Σ of x̂ from the fitted runs'
-    Gauss-Newton information ("gauss-newton", self-consistent with sigma²) or the fit's bootstrap."""
+    Gauss-Newton information ("gauss-newton", self-consistent with sigma²) or the fit's bootstrap;
+    ``points``: runs may give several rows (module docstring, step 3), whose noise about the law has
+    correlation ``point_corr`` within a run (0: independent rows, as the law engine fits them)."""
     from windtunnel.orchestrator.expand import trial_flops
 
     tf = fit_target(runs, target_compute, bootstrap, seed, point)
@@ -278,11 +331,11 @@ def propose(
         + ("(given)" if point else f"(compute-optimal under the fitted law, C = {tf.k_flops:.3g}*N*D)")
     ]
     rule = hparam_rule(tf.lawset, tf.runs, notes)
-    cands = candidates(base, shape or shape_of(base), tf.runs, tf.n_t, tf.d_t, rule)
+    cands = candidates(base, shape or shape_of(base), tf.runs, tf.n_t, tf.d_t, rule, points)
     if not cands:
         raise UserError("no candidate run: the experiment's model rule gives no size in range")
-    J = design.log_loss_jacobian(tf.x_hat, [n for _, n, _ in cands], [d for _, _, d in cands])
-    cost = np.array([trial_flops(c) for c, _, _ in cands])
+    J = [design.log_loss_jacobian(tf.x_hat, [c.params] * len(c.point_tokens), c.point_tokens) for c in cands]
+    cost = np.array([trial_flops(c.cfg) for c in cands])
     sigma2 = max(tf.sigma_res, sigma_floor) ** 2
     if covariance == "gauss-newton":
         J_runs = design.log_loss_jacobian(tf.x_hat, tf.runs["params"], tf.runs["tokens"])
@@ -291,7 +344,7 @@ def propose(
         Sigma = tf.Sigma
     scale = calibration(tf.value, tf.lo, tf.hi, design.target_variance(Sigma, g), tf.sigma_log)
     # Σ and sigma² both scaled by s: the same picks and variance ratios, variances in the law's scale
-    d = design.greedy_design(scale * Sigma, g, J, cost, scale * sigma2, k, budget)
+    d = design.greedy_design(scale * Sigma, g, J, cost, scale * sigma2, k, budget, rho=point_corr)
     out = ProposalSet(
         target_compute=float(target_compute),
         target_params=tf.n_t,
@@ -305,13 +358,15 @@ def propose(
     lin_before = design.pi95_width(tf.value, d.var_before, tf.sigma_log)
     asym = tf.width / lin_before if tf.width > 0 and lin_before > 0 else 1.0
     for i, var in zip(d.chosen, d.var_after, strict=True):
-        cfg, n, tokens = cands[i]
+        c = cands[i]
         width = asym * design.pi95_width(tf.value, var, tf.sigma_log)
-        out.proposals.append(Proposal(cfg, n, tokens, float(cost[i]), width))
+        pts = c.point_tokens if c.cfg.points is not None else ()
+        out.proposals.append(Proposal(c.cfg, c.params, c.tokens, float(cost[i]), width, pts))
     notes.append(
         f"sigma(one run, log loss) = {math.sqrt(sigma2):.4f}; pi95 residual sigma = {tf.sigma_log:.4f} "
         f"(a floor the linearised design does not lower); linearised variance x {scale:.3g} to match the "
         f"law's interval; {len(cands)} candidates"
+        + (f" (each run also with points at {points.at_fractions}, mode {points.mode})" if points else "")
     )
     if len(d.chosen) < k:
         notes.append(f"only {len(d.chosen)} of {k} runs fit in the budget {budget:.3g} FLOPs")
@@ -322,7 +377,8 @@ SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_f
 
 
 def proposal_overrides(p: Proposal) -> dict[str, Any]:
-    """The dotted overrides that turn the experiment's base into this proposal (shape, tokens, lr, batch)."""
+    """The dotted overrides that turn the experiment's base into this proposal (shape, tokens, lr, batch;
+    its points and schedule kind when it has points)."""
     m = p.cfg.model
     over: dict[str, Any] = {f"model.{f}": getattr(m, f) for f in SHAPE_FIELDS}
     if m.moe is not None:
@@ -330,6 +386,9 @@ def proposal_overrides(p: Proposal) -> dict[str, Any]:
     over.update(
         {"optim.tokens": p.tokens, "optim.lr": p.cfg.optim.lr, "optim.batch_size": p.cfg.optim.batch_size}
     )
+    if p.cfg.points is not None:
+        over["schedule.kind"] = p.cfg.schedule.kind
+        over["points"] = p.cfg.points.model_dump(mode="json", exclude_none=True)
     return over
 
 

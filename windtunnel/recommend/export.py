@@ -108,7 +108,7 @@ def _training_args(run_cfg: RunConfig) -> Args:
     add("--train-iters", steps)
     add("--lr", o.lr)
     add("--min-lr", o.lr * o.min_lr_ratio)
-    add("--lr-warmup-iters", round(s.warmup_fraction * steps))
+    add("--lr-warmup-iters", s.warmup_updates(steps))
     if s.kind in ("wsm", "constant"):
         add("--lr-decay-style", "constant")
     elif s.kind == "cosine":
