@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--law",
         default="auto",
-        help="parametric | frontier | auto (the loss law with the smaller backtest error)",
+        help="parametric | frontier | auto (the smaller backtest error at the top budget's best run)",
     )
     parser.add_argument("--out", type=Path, help="write the prediction as JSON here")
     parser.add_argument("--json", action="store_true", help="print the prediction as JSON")

@@ -110,9 +110,9 @@ def leverage(lawset: LawSetLike, cand: Candidate, compute: float) -> tuple[float
 
 def predicted_loss(lawset: LawSetLike, cand: Candidate, tokens: float, compute: float) -> dict[str, Any]:
     """The predicted final loss and its 95 % interval from the loss law ``windtunnel predict`` takes
-    (``windtunnel.predict.choose_law``: the smaller backtest error, parametric when neither has a
-    backtest): parametric L(N, D) at N = non-embedding active parameters, D = ``tokens``; frontier L(C) at
-    C = ``compute``. ``loss_law_choice`` says why that law was taken."""
+    (``windtunnel.predict.choose_law``: the smaller backtest error at the top budget's best run,
+    parametric when neither has a backtest): parametric L(N, D) at N = non-embedding active parameters,
+    D = ``tokens``; frontier L(C) at C = ``compute``. ``loss_law_choice`` says why that law was taken."""
     if not any(has_law(lawset, n) for n in LOSS_LAWS):
         return {
             "predicted_loss": None,
