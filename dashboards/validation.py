@@ -144,8 +144,13 @@ def _prediction(row: pd.Series) -> Prediction:
 
 
 def _on_point(target: pd.DataFrame, x: dict[str, float]) -> pd.Series:
-    """Target trials trained on the predicted point: same tokens, and same size where the run has it."""
-    ok = np.isclose(target["tokens"].to_numpy(float), x.get("tokens", np.nan), rtol=SAME_POINT_RTOL)
+    """Target trials trained on the predicted point: the same tokens up to one batch (the trainer trains
+    whole batches, so D = C / M is rounded down to a multiple of the run's batch tokens), and the same size
+    where the run has it."""
+    tokens = target["tokens"].to_numpy(float)
+    batch = target["batch_tokens"].to_numpy(float) if "batch_tokens" in target else np.zeros(len(target))
+    slack = np.where(np.isfinite(batch), batch, 0.0) + SAME_POINT_RTOL * np.abs(tokens)
+    ok = np.abs(tokens - x.get("tokens", np.nan)) <= slack
     params = target["params"].to_numpy(float)
     same_n = np.isclose(params, x.get("params", np.nan), rtol=SAME_POINT_RTOL)
     return pd.Series(ok & (np.isnan(params) | same_n), index=target.index)

@@ -91,7 +91,12 @@ def _targets(client, exp_id: str, parent: str) -> list[RunConfig]:
     cfgs = [_target_cfg(s) for s in SEEDS]
     for cfg, loss in zip(cfgs, TARGET_LOSSES, strict=True):
         point = point_from_model(cfg.model, cfg.optim.tokens)
-        rt = dict(params=point["params"], m=point["m"], tokens=point["tokens"], compute=point["compute"])
+        # the trainer trains whole batches: D is rounded down to a multiple of the batch's tokens
+        batch = cfg.optim.batch_size * cfg.model.seq_len
+        trained = point["tokens"] // batch * batch
+        assert trained != point["tokens"]
+        rt = dict(params=point["params"], m=point["m"], tokens=trained, compute=point["m"] * trained)
+        rt["batch_tokens"] = float(batch)
         _trial(
             client, exp_id, parent, "target", {**rt, "n_total": 3000.0, "n_active": 3000.0, "loss": loss}, cfg
         )
