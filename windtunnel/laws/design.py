@@ -85,12 +85,15 @@ def gauss_newton_covariance(J_NP: np.ndarray, sigma2: float, rel_ridge: float = 
     return sigma2 * np.linalg.inv(H_PP + ridge * np.eye(H_PP.shape[0]))
 
 
-def posterior_covariance(Sigma_PP: np.ndarray, J_KP: np.ndarray, sigma2: float) -> np.ndarray:
-    """Σ_new = Σ − Σ Jᵀ (sigma² I + J Σ Jᵀ)⁻¹ J Σ: Σ after K more runs with rows J (module docstring)."""
+def posterior_covariance(
+    Sigma_PP: np.ndarray, J_KP: np.ndarray, sigma2: float, R_KK: np.ndarray | None = None
+) -> np.ndarray:
+    """Σ_new = Σ − Σ Jᵀ (R + J Σ Jᵀ)⁻¹ J Σ: Σ after K more rows J with noise covariance R (default sigma² I;
+    one run's correlated points: ``point_noise``) (module docstring)."""
     J = np.atleast_2d(J_KP)
     SJt_PK = Sigma_PP @ J.T
-    S_KK = sigma2 * np.eye(J.shape[0]) + J @ SJt_PK
-    return Sigma_PP - SJt_PK @ np.linalg.solve(S_KK, SJt_PK.T)
+    R = sigma2 * np.eye(J.shape[0]) if R_KK is None else R_KK
+    return Sigma_PP - SJt_PK @ np.linalg.solve(R + J @ SJt_PK, SJt_PK.T)
 
 
 def target_variance(Sigma_PP: np.ndarray, g_P: np.ndarray) -> float:
@@ -200,8 +203,7 @@ def _greedy(
         )
         value_K = gain_K / np.where(cost > 0, cost, 1.0) if per_flop else gain_K
         i = int(np.argmax(np.where(ok, value_K, -np.inf)))
-        SJt_PG = S @ blocks[i].T
-        S = S - SJt_PG @ np.linalg.solve(noise[i] + blocks[i] @ SJt_PG, SJt_PG.T)
+        S = posterior_covariance(S, blocks[i], sigma2, noise[i])
         free[i] = False
         left -= cost[i]
         design.chosen.append(i)
