@@ -47,10 +47,14 @@ from windtunnel.orchestrator.tracking import (  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
-# 2 trials x OUTAGE_STEPS steps: long enough (~25 ms a step) that a trial is still training when its first
-# metric flush (every 10 s) reaches the store and the server is killed; 200 steps could all be done by then
+# 2 trials x OUTAGE_STEPS steps (~25 ms a step). An evaluation flushes and waits for the store, so a trial
+# trains through an outage only between evaluations: with one every OUTAGE_EVAL steps (>= 2.5 s of training
+# after the flush that put its first metrics in the store) the kill lands while it trains, not while it
+# waits in a flush (with an evaluation every 10 steps it could, and then nothing was logged during the outage)
 OUTAGE_STEPS = 1000
+OUTAGE_EVAL = 100
 OUTAGE_SPEC = micro_spec("outage", [1e-3, 1e-2], tokens=OUTAGE_STEPS * 512, fit=False)
+OUTAGE_SPEC["base"]["eval_interval"] = OUTAGE_EVAL
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +86,8 @@ def test_tracking_server_killed_mid_sweep_loses_nothing(server: TrackingServer, 
     try:
         deadline = time.time() + 300
         running: dict[str, int] = {}
-        # kill as soon as the first trial's first metrics (its step-10 evaluation) are in the store: it is
-        # training now, 190 steps to go, and what it logs during the outage must wait in its buffer
+        # kill as soon as the first trial's first metrics (its first evaluation or its first timed flush) are
+        # in the store: it is training now, and what it logs during the outage must wait in its buffer
         while time.time() < deadline and proc.poll() is None:
             with contextlib.suppress(Exception):
                 running = {k: v for k, v in _latest_loss_steps(client, "outage").items() if v > 0}
@@ -100,8 +104,10 @@ def test_tracking_server_killed_mid_sweep_loses_nothing(server: TrackingServer, 
     finally:
         kill_group(proc)
     assert rc == 0, out[-4000:]
-    counts = check_sweep_store(client, "outage", n_trials=2, total_steps=OUTAGE_STEPS)  # none lost or doubled
-    n_val = len(range(10, OUTAGE_STEPS + 1, 10))
+    counts = check_sweep_store(  # none lost or doubled
+        client, "outage", n_trials=2, total_steps=OUTAGE_STEPS, eval_interval=OUTAGE_EVAL
+    )
+    n_val = len(range(OUTAGE_EVAL, OUTAGE_STEPS + 1, OUTAGE_EVAL))
     assert counts["points_checked"] == 2 * (4 * len(expected_steps(OUTAGE_STEPS)) + n_val)
     for run_id in running:  # the trial that was logging at the kill
         assert client.get_run(run_id).data.tags["attempts"] == "1", "buffered, not survived by a retry"
@@ -203,7 +209,9 @@ def test_artifact_disk_full_is_one_clear_line_and_runs_are_intact(
         assert "HTTP 500" in line and "full or not writable" in line
         assert "No space left on device" in (server.root / "mlflow.log").read_text()
         client = MlflowClient(server.uri)
-        check_sweep_store(client, "outage", n_trials=2, total_steps=OUTAGE_STEPS)  # runs, metrics intact
+        check_sweep_store(  # runs, metrics intact
+            client, "outage", n_trials=2, total_steps=OUTAGE_STEPS, eval_interval=OUTAGE_EVAL
+        )
 
         # (b) a local artifact store (SQLite tracking, artifacts on the full disk): the OS error is named
         local = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

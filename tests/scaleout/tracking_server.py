@@ -239,9 +239,12 @@ def metric_counts(client: Any, run_id: str, keys: list[str]) -> dict[str, list[i
     return {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in keys}
 
 
-def check_sweep_store(client: Any, sweep: str, n_trials: int, total_steps: int) -> dict[str, Any]:
+def check_sweep_store(
+    client: Any, sweep: str, n_trials: int, total_steps: int, eval_interval: int = 10
+) -> dict[str, Any]:
     """Assert the store holds the sweep completely: ``n_trials`` finished child runs, each exactly once, and
-    per run every logged key's history has one point per expected step (no gap, no duplicate).
+    per run every logged key's history has one point per expected step (no gap, no duplicate); ``val_loss``
+    at every ``eval_interval`` steps and the last.
     Returns counts for the report."""
     from windtunnel.orchestrator.tracking import effective_status
 
@@ -253,7 +256,7 @@ def check_sweep_store(client: Any, sweep: str, n_trials: int, total_steps: int) 
     parents = client.search_runs([exp.experiment_id], "tags.`windtunnel.role` = 'parent'")
     assert len(parents) == 1
     log_steps = expected_steps(total_steps)
-    val_steps = sorted(set(range(10, total_steps + 1, 10)) | {total_steps})
+    val_steps = sorted(set(range(eval_interval, total_steps + 1, eval_interval)) | {total_steps})
     n_points = 0
     for r in runs:
         assert effective_status(r) == "finished", (r.info.run_id, r.data.tags.get("status"), r.data.tags)
