@@ -1,5 +1,6 @@
-"""``best_tuned``: one row per (params, tokens) cell, its best hyper-parameter setting's seed-mean loss; and
-the parametric law fitted on an LR search's cells rather than on every run."""
+"""``best_tuned``: one row per (params, tokens) cell, its best hyper-parameter setting's seed-mean loss;
+``seed_mean`` under the laws fitted to minima (frontier, IsoFLOP envelope); and the parametric law fitted on
+an LR search's cells rather than on every run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from windtunnel.laws.base import best_tuned
+from windtunnel.laws.base import best_tuned, seed_mean
+from windtunnel.laws.isoflop import lower_envelope
 from windtunnel.laws.parametric import fit_parametric, fit_parametric_law, predict_parametric
+from windtunnel.laws.powerlaw import fit_frontier_law
 
 TRUE = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.36}
 
@@ -83,3 +86,43 @@ def test_parametric_fits_the_tuned_cells_of_an_lr_search() -> None:
     _, _, x_all = fit_parametric(*(runs[c].to_numpy(float) for c in ("params", "tokens", "loss")))
     biased = float(predict_parametric(x_all, np.array([N_t]), np.array([D_t]))[0])
     assert abs(biased - truth) > 2 * abs(predict(law) - truth), (biased, predict(law), truth)
+
+
+def _seeded_ladder(n_seeds: int, lucky: float) -> pd.DataFrame:
+    """4 budgets x 3 sizes x 2 LRs; every setting trained with ``n_seeds`` seeds whose losses are the clean
+    value + (0, +2*lucky, ...) except the first seed of each budget's best cell, ``lucky`` below it."""
+    rows, i = [], 0
+    for C in (1e15, 1e16, 1e17, 1e18):
+        for k, N in enumerate(np.geomspace(1e6, 1e7, 3) * (C / 1e15) ** 0.5):
+            for lr, penalty in ((1e-3, 0.0), (2e-3, 0.1)):
+                clean = 2.0 + 30.0 * C**-0.1 + 0.05 * (k - 1) ** 2 + penalty
+                for s in range(n_seeds):
+                    noise = -lucky if (s == 0 and k == 1 and penalty == 0) else (lucky if s == 1 else 0.0)
+                    rows.append({**_row(i, N, C / (6 * N), lr, clean + noise), "seed": s})
+                    i += 1
+    return pd.DataFrame(rows)
+
+
+def test_seed_mean_averages_seeds_and_leaves_single_seed_tables_alone() -> None:
+    two = _seeded_ladder(2, lucky=0.05)
+    out = seed_mean(two)
+    assert len(out) == len(two) // 2 and set(out["n_seeds"]) == {2}
+    assert set(out["seed"]) == {0}  # the first run of each setting stands for it
+    one = _seeded_ladder(1, lucky=0.05)
+    pd.testing.assert_frame_equal(seed_mean(one).drop(columns="n_seeds"), one)
+
+
+def test_frontier_and_isoflop_envelope_take_the_seed_mean_not_the_luckiest_seed() -> None:
+    """Two seeds per setting, the best cell of every budget with one seed 0.05 lucky and the other 0.05
+    unlucky: its expected loss is the clean value. The frontier points and the envelope are those means; on
+    the minimum over seeds the frontier would sit 0.05 low at every budget."""
+    runs = _seeded_ladder(2, lucky=0.05)
+    law = fit_frontier_law(runs, n_boot=0, backtest=False)
+    best = {C: 2.0 + 30.0 * C**-0.1 for C in (1e15, 1e16, 1e17, 1e18)}
+    for C, L in law.notes["points"]:
+        assert L == pytest.approx(best[min(best, key=lambda c: abs(np.log(c / C)))], abs=1e-9)
+    env = lower_envelope(runs, "params")
+    per_budget = env.groupby(np.round(np.log10(env["compute"]), 1))["loss"].min()
+    assert len(env) == 12 and list(per_budget) == pytest.approx(list(best.values()), abs=1e-9)
+    lucky = fit_frontier_law(runs.assign(lr=np.nan), n_boot=0, backtest=False)  # LR unknown: rows as given
+    assert [L for _, L in lucky.notes["points"]] == pytest.approx([v - 0.05 for v in best.values()], abs=1e-9)

@@ -95,6 +95,53 @@ ARCH_COLUMNS = ("family", "act_ratio", "granularity")
 HPARAM_COLUMNS = ("lr", "batch_tokens")
 
 
+def _hparam_keys(runs: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list[str], list[str]]:
+    """``runs`` with cell and setting keys (log N, log D rounded to 0.1 %, log of each known hyper-parameter),
+    the mask of runs whose ``HPARAM_COLUMNS``, N and D are all known, the cell key and the setting key."""
+    arch = [c for c in ARCH_COLUMNS if c in runs.columns]
+    hp = [c for c in HPARAM_COLUMNS if c in runs.columns]
+    hp_known = np.ones(len(runs), bool) if hp else np.zeros(len(runs), bool)
+    for c in [*hp, "params", "tokens"]:
+        hp_known &= np.isfinite(pd.to_numeric(runs[c], errors="coerce").to_numpy(float))
+    keyed = runs.assign(
+        _row=np.arange(len(runs)),
+        _n=np.round(np.log(runs["params"].to_numpy(float)), 3),
+        _d=np.round(np.log(runs["tokens"].to_numpy(float)), 3),
+        **{f"_h{i}": np.round(np.log(runs[c].to_numpy(float)), 6) for i, c in enumerate(hp)},
+    )
+    cell = ["_n", "_d", *arch]
+    return keyed, hp_known, cell, cell + [f"_h{i}" for i in range(len(hp))]
+
+
+def _drop_keys(out: pd.DataFrame) -> pd.DataFrame:
+    out = out.sort_values("_row")
+    return out.drop(columns=[c for c in out.columns if c.startswith("_")]).reset_index(drop=True)
+
+
+def _seed_mean_keyed(
+    keyed: pd.DataFrame, hp_known: np.ndarray, setting: list[str]
+) -> tuple[pd.DataFrame, ...]:
+    searched, kept = keyed[hp_known], keyed[~hp_known].assign(n_seeds=1)
+    grouped = searched.groupby(setting, dropna=False, sort=False)["loss"]
+    searched = searched.assign(loss=grouped.transform("mean"), n_seeds=grouped.transform("size"))
+    return searched.drop_duplicates(setting), kept
+
+
+def seed_mean(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per hyper-parameter setting of each (params, tokens) cell (and architecture,
+    ``ARCH_COLUMNS``): runs that differ only in seed are averaged, ``loss`` the mean and ``n_seeds`` the
+    runs averaged, the first run standing for them. A setting's expected loss, not its luckiest seed: the
+    minimum of k seeds is biased low by about sigma·E[max of k normals] (0.56·sigma for k = 2), which a law
+    fitted to minima (an IsoFLOP envelope, the frontier) would carry into its prediction of one run. Runs
+    whose ``HPARAM_COLUMNS`` are not all known (a published table) are kept as they are; a table with one
+    seed per setting, or one without N and D columns, comes back unchanged, in its row order (with ``n_seeds``
+    = 1 when averaged)."""
+    if runs.empty or not {"params", "tokens"} <= set(runs.columns):
+        return runs
+    keyed, hp_known, _, setting = _hparam_keys(runs)
+    return _drop_keys(pd.concat(_seed_mean_keyed(keyed, hp_known, setting)))
+
+
 def best_tuned(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (params, tokens) cell (and architecture, ``ARCH_COLUMNS``) of an LR/batch search: its
     best-tuned setting.
@@ -103,35 +150,18 @@ def best_tuned(runs: pd.DataFrame) -> pd.DataFrame:
     (Hoffmann et al. 2022, arXiv 2203.15556, Sec. 3: each (N, D) trained at its tuned schedule; Ling,
     arXiv 2507.17702, Sec. 2: laws fitted on near-optimal hyper-parameters). An LR search trains each cell at
     several settings; the mistuned ones are not samples of L(N, D). Among the runs whose ``HPARAM_COLUMNS``
-    are all known, those of one cell and one setting (they differ only in seed) are averaged first (the
-    setting's expected loss, not its luckiest seed), then the setting with the lowest mean loss stands for
-    the cell: its first run, with ``loss`` the setting's mean and ``n_seeds`` the runs averaged. Cells match
-    to 0.1 % in N and D (a batch grid rounds D to whole batches). Runs without known hyper-parameters (a
-    published table; rows at one (N, D) that differ in something the table does not name, such as unique
-    data) are kept as they are. A table with one setting per cell and one seed comes back unchanged, in
-    its row order."""
+    are all known, those of one cell and one setting (they differ only in seed) are averaged first
+    (``seed_mean``), then the setting with the lowest mean loss stands for the cell: its first run, with
+    ``loss`` the setting's mean and ``n_seeds`` the runs averaged. Cells match to 0.1 % in N and D (a batch
+    grid rounds D to whole batches). Runs without known hyper-parameters (a published table; rows at one
+    (N, D) that differ in something the table does not name, such as unique data) are kept as they are. A
+    table with one setting per cell and one seed comes back unchanged, in its row order."""
     if runs.empty:
         return runs
-    arch = [c for c in ARCH_COLUMNS if c in runs.columns]
-    hp = [c for c in HPARAM_COLUMNS if c in runs.columns]
-    hp_known = np.ones(len(runs), bool) if hp else np.zeros(len(runs), bool)
-    for c in hp:
-        hp_known &= np.isfinite(pd.to_numeric(runs[c], errors="coerce").to_numpy(float))
-    keyed = runs.assign(
-        _row=np.arange(len(runs)),
-        _n=np.round(np.log(runs["params"].to_numpy(float)), 3),
-        _d=np.round(np.log(runs["tokens"].to_numpy(float)), 3),
-        **{f"_h{i}": np.round(np.log(runs[c].to_numpy(float)), 6) for i, c in enumerate(hp)},
-    )
-    searched, kept = keyed[hp_known], keyed[~hp_known].assign(n_seeds=1)
-    cell = ["_n", "_d", *arch]
-    setting = cell + [f"_h{i}" for i in range(len(hp))]
-    grouped = searched.groupby(setting, dropna=False, sort=False)["loss"]
-    searched = searched.assign(loss=grouped.transform("mean"), n_seeds=grouped.transform("size"))
-    first = searched.drop_duplicates(setting)
+    keyed, hp_known, cell, setting = _hparam_keys(runs)
+    first, kept = _seed_mean_keyed(keyed, hp_known, setting)
     best = first.sort_values("loss", kind="stable").drop_duplicates(cell)
-    out = pd.concat([best, kept]).sort_values("_row")
-    return out.drop(columns=[c for c in out.columns if c.startswith("_")]).reset_index(drop=True)
+    return _drop_keys(pd.concat([best, kept]))
 
 
 def budget_labels(compute_N: np.ndarray, tol_dex: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

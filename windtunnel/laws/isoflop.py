@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from windtunnel.laws.base import Law, LawError, budget_labels, percentile_ci, relative_errors
+from windtunnel.laws.base import Law, LawError, budget_labels, percentile_ci, relative_errors, seed_mean
 from windtunnel.laws.intervals import log_errors, optimum_pi95
 from windtunnel.laws.optim import batched_lbfgs, huber
 from windtunnel.laws.profile import Optima, isoflop_optima
@@ -69,8 +69,10 @@ def fit_parabolas(u_KJ: np.ndarray, logL_KJ: np.ndarray, W_RKJ: np.ndarray) -> n
 
 
 def lower_envelope(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Keep the best-loss run per (budget, size): an IsoFLOP point is a size's best-tuned run at that budget
-    (a hyper-parameter sweep at one size then contributes its optimum, not its mistuned runs)."""
+    """Keep the best-loss setting per (budget, size): an IsoFLOP point is a size's best-tuned setting at that
+    budget (a hyper-parameter sweep at one size then contributes its optimum, not its mistuned runs), its
+    loss the mean over seeds (``base.seed_mean``), not the luckiest seed."""
+    runs = seed_mean(runs)
     labels, _ = budget_labels(runs["compute"].to_numpy(float))
     keyed = runs.assign(_budget=labels, _size=np.round(np.log(runs[column].to_numpy(float)), 6))
     best = keyed.sort_values("loss").drop_duplicates(["_budget", "_size"]).sort_index()

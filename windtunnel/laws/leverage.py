@@ -45,6 +45,7 @@ from windtunnel.laws.base import (
     budget_labels,
     percentile_ci,
     relative_errors,
+    seed_mean,
 )
 from windtunnel.laws.optim import batched_lbfgs, polish
 from windtunnel.laws.powerlaw import bootstrap_frontier_rows, fit_frontier, frontier_points, frontier_value
@@ -154,8 +155,9 @@ def _cell_observations(runs: pd.DataFrame, cells: LeverageCells, cd: dict[str, f
 
 
 def observed_leverage(runs: pd.DataFrame) -> pd.DataFrame:
-    """EL observations (act_ratio, granularity, compute, EL) from matched dense and MoE frontiers."""
-    runs = runs.reset_index(drop=True)
+    """EL observations (act_ratio, granularity, compute, EL) from matched dense and MoE frontiers (runs that
+    differ only in seed averaged first, ``base.seed_mean``)."""
+    runs = seed_mean(runs.reset_index(drop=True))
     cells = leverage_cells(runs)
     cd, _ = _dense_frontier(runs, cells)
     return _cell_observations(runs, cells, cd)[["act_ratio", "granularity", "compute", "EL"]]
@@ -316,9 +318,12 @@ def pinned_at_box(x_P: np.ndarray) -> list[str]:
 def fit_leverage_law(
     runs: pd.DataFrame, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True
 ) -> Law:
-    """``leverage`` law from dense + MoE runs, with bootstrap ci95 and a top-budget backtest."""
+    """``leverage`` law from dense + MoE runs, with bootstrap ci95 and a top-budget backtest. Runs that differ
+    only in seed count as one setting with their mean loss (``base.seed_mean``): a frontier of the best
+    expected loss per budget, dense and MoE alike, not of the luckiest seeds."""
     rng = np.random.default_rng(0) if rng is None else rng
-    runs = runs.reset_index(drop=True)
+    n_given = len(runs)
+    runs = seed_mean(runs.reset_index(drop=True))
     cells = leverage_cells(runs)
     cd, x_dense = _dense_frontier(runs, cells)
     obs = _cell_observations(runs, cells, cd)
@@ -330,7 +335,7 @@ def fit_leverage_law(
         name="leverage",
         form=LEVERAGE_FORM,
         coefficients=coef,
-        n_runs=int(len(runs)),
+        n_runs=int(n_given),
         run_ids=[str(r) for r in runs["run_id"]],
         notes={
             "observations": obs[["act_ratio", "granularity", "compute", "EL"]].to_dict(orient="records"),

@@ -170,8 +170,10 @@ def frontier_value_log(x_P: np.ndarray, C: np.ndarray) -> np.ndarray:
 def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = None, backtest: bool = True):
     """``frontier`` law: L(C) = E + A·C^(−alpha) on the best loss per budget; bootstrap resamples runs.
 
-    In each resample the frontier point of a budget is the best loss among the drawn runs (vectorised as a
-    masked minimum), and the fit is redone from the full-data optimum.
+    Runs that differ only in seed count as one setting with their mean loss (``base.seed_mean``): the
+    frontier is the best *expected* loss per budget, what one run at the target is compared with, not the
+    luckiest seed. In each resample the frontier point of a budget is the best loss among the drawn settings
+    (vectorised as a masked minimum), and the fit is redone from the full-data optimum.
     """
     from windtunnel.laws.base import (
         Law,
@@ -180,9 +182,12 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
         budget_labels,
         percentile_ci,
         relative_errors,
+        seed_mean,
     )
 
     rng = np.random.default_rng(0) if rng is None else rng
+    n_given = len(runs)
+    runs = seed_mean(runs)
     C = runs["compute"].to_numpy(float)
     L = runs["loss"].to_numpy(float)
     labels, centers = budget_labels(C)
@@ -194,7 +199,7 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
         name="frontier",
         form="loss = E + A * C^(-alpha)  (best loss per compute budget)",
         coefficients=coefs,
-        n_runs=int(len(runs)),
+        n_runs=int(n_given),
         run_ids=[str(r) for r in runs["run_id"].to_numpy()[fp]],
         notes={"points": [[float(C[i]), float(L[i])] for i in fp]},
     )
