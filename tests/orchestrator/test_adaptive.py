@@ -83,6 +83,26 @@ def test_one_round_recorded_run_and_resumed(tmp_path: Path, points: dict | None)
         assert ids, "the design proposed no run with points"
         assert set(table.loc[table["point_fraction"] == 0.5, "parent_run_id"]) == ids
 
+    if (
+        not points
+    ):  # `windtunnel propose` on the same store: the parametric design, and the frontier's refusal
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        cli = [sys.executable, "-m", "windtunnel", "propose", "--experiment", "micro_adaptive"]
+        cli += ["--tracking-uri", uri, "--target", "6e9", "--k", "1", "--bootstrap", "10"]
+        out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "designed for the parametric law" in out.stdout, (
+            out.stdout + out.stderr
+        )
+        out = subprocess.run(
+            [*cli, "--law", "frontier"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 2, out.stdout + out.stderr
+        # 2 ladder budgets: too few for the frontier, or (the round's runs adding budgets) no bracketed m_opt
+        err = out.stderr.strip()
+        assert (
+            err.startswith("windtunnel propose: error: the experiment's runs give no ") and "\n" not in err
+        ), err
+
     again = _run(spec_path, tmp_path)  # resume: the recorded round and its finished runs stand
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "recorded proposal" in again.stdout, again.stdout[-3000:]

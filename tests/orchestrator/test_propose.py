@@ -97,6 +97,12 @@ def test_cli_refuses_bad_arguments_in_one_line():
         (["--points", "0.5,x"], "--points 0.5,x: not a comma-separated list of numbers"),
         (["--points", "0,1"], "--points 0,1: 0.0 is outside (0, 1]"),
         (["--points-mode", "wsd"], "--points-mode needs --points (the token fractions of each run's points)"),
+        (["--lr-factors", "1,-2"], "--lr-factors 1,-2: not a comma-separated list of positive numbers"),
+        (["--block-sizes", "0"], "--block-sizes must be >= 1, got 0"),
+        (
+            ["--law", "frontier", "--points", "0.5,1"],
+            "--points: the frontier design adds whole budgets, not points of one run (use --law parametric)",
+        ),
     ],
 )
 def test_cli_refuses_bad_points_in_one_line(extra: list[str], message: str):

@@ -52,6 +52,19 @@ def log_loss_jacobian(x_P: np.ndarray, N_K: np.ndarray, D_K: np.ndarray) -> np.n
     return np.stack([p_K3[:, 0], p_K3[:, 1], p_K3[:, 2], -p_K3[:, 0] * logN, -p_K3[:, 1] * logD], axis=1)
 
 
+def frontier_log_jacobian(x_P: np.ndarray, C_K: np.ndarray) -> np.ndarray:
+    """J_KP = ∂ log L*(C_k) / ∂x of the loss frontier L*(C) = E + A·C^(−alpha) (``powerlaw.fit_frontier_law``)
+    in its fit's coordinates x = (log A, log E, alpha): log L* = LSE(log A − alpha·log C, log E), so with p
+    the softmax weights of the two terms j = (p1, p2, −p1·log C) (the module docstring's form, one term
+    fewer)."""
+    logA, logE, alpha = (float(v) for v in x_P)
+    logC = np.log(np.asarray(C_K, float))
+    t_K2 = np.stack([logA - alpha * logC, np.full_like(logC, logE)], axis=1)
+    p_K2 = np.exp(t_K2 - t_K2.max(axis=1, keepdims=True))
+    p_K2 /= p_K2.sum(axis=1, keepdims=True)
+    return np.stack([p_K2[:, 0], p_K2[:, 1], -p_K2[:, 0] * logC], axis=1)
+
+
 def compute_optimal_point(x_P: np.ndarray, compute: float, flops_per_param: float) -> tuple[float, float]:
     """(N_opt, D_opt) minimising L̂(N, D) under C = k·N·D, k = ``flops_per_param`` (6 in Chinchilla's
     accounting): N_opt = (alpha·A / (beta·B))^(1/(alpha+beta)) · (C/k)^(beta/(alpha+beta)) (Hoffmann et al.

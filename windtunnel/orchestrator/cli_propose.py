@@ -5,6 +5,7 @@ a proposed run may give several (N, D_k) rows (``trainer.points``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -40,6 +41,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "wsd, else wsm)",
     )
 
+    parser.add_argument(
+        "--law",
+        choices=["parametric", "frontier", "auto"],
+        default="parametric",
+        help="the loss law whose interval at the target the runs should narrow: parametric L(N, D) (single "
+        "runs at any (N, D)), frontier L*(C) (whole IsoFLOP blocks at new budgets, propose_frontier.py), or "
+        "auto (the law predict's auto choice takes: the smaller backtest error at the top budget's best run)",
+    )
+    parser.add_argument(
+        "--block-sizes", type=int, default=3, help="frontier: models per new budget, around M_opt (default 3)"
+    )
+    parser.add_argument(
+        "--lr-factors",
+        default="1",
+        help="frontier: each block's runs at lr_opt times each factor, e.g. 0.5,1,2 (default 1)",
+    )
+
 
 def check_args(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.target) and args.target > 0):
@@ -56,6 +74,39 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--points-mode needs --points (the token fractions of each run's points)")
     if args.points is not None:
         parse_points(args.points, args.points_mode or "wsm")
+    if args.block_sizes < 1:
+        raise UserError(f"--block-sizes must be >= 1, got {args.block_sizes}")
+    parse_factors(args.lr_factors)
+    if args.law == "frontier" and args.points is not None:
+        raise UserError(
+            "--points: the frontier design adds whole budgets, not points of one run (use --law parametric)"
+        )
+
+
+def parse_factors(text: str) -> tuple[float, ...]:
+    """``--lr-factors 0.5,1,2`` as positive floats; UserError naming it."""
+    try:
+        factors = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        factors = ()
+    if not factors or not all(math.isfinite(f) and f > 0 for f in factors):
+        raise UserError(f"--lr-factors {text}: not a comma-separated list of positive numbers")
+    return factors
+
+
+def resolve_law(args: argparse.Namespace, runs: Any) -> tuple[str, str]:
+    """``--law`` with ``auto`` resolved as ``predict.choose_law`` does on the experiment's finished runs."""
+    if args.law != "auto":
+        return args.law, f"--law {args.law}"
+    from windtunnel.laws.lawset import fit_laws
+    from windtunnel.predict import PredictionError, choose_law
+
+    done = runs[(runs["status"] == "finished")].reset_index(drop=True)
+    lawset = fit_laws(done, laws=["parametric", "frontier"], bootstrap=0, seed=args.seed)
+    try:
+        return choose_law(lawset)
+    except PredictionError as err:
+        raise UserError(f"--law auto: {err}") from None
 
 
 def parse_points(text: str, mode: str) -> Any:
@@ -75,13 +126,14 @@ def parse_points(text: str, mode: str) -> Any:
         raise UserError(f"--points {text}: {why}") from None
 
 
-def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(run table without the validation target's runs, the RunConfig of the largest finished run)."""
+def load_experiment(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(run table without the validation target's runs, the RunConfig of the largest finished run, the
+    width/depth rule of the finished runs, ``propose.shape_of_runs``)."""
     from mlflow import MlflowClient
 
     from trainer.config import RunConfig
     from windtunnel.laws.cli import _load_runs
-    from windtunnel.orchestrator.propose import config_from_params
+    from windtunnel.orchestrator.propose import config_from_params, shape_of_runs
     from windtunnel.orchestrator.spec_target import TARGET_STUDY
 
     ns = argparse.Namespace(runs=None, experiment=args.experiment, tracking_uri=args.tracking_uri)
@@ -92,14 +144,25 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any]:
     if len(done) == 0:
         raise UserError(f"experiment {args.experiment!r} has no finished runs")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    client = MlflowClient(uri)
+
+    def config_of(run: Any) -> Any:
+        text = run.data.tags.get("run_config")
+        return RunConfig.model_validate_json(text) if text else config_from_params(run.data.params)
+
     top = done.loc[done["compute"].idxmax(), "run_id"]
     try:
-        run = MlflowClient(uri).get_run(top)
-        text = run.data.tags.get("run_config")
-        base = RunConfig.model_validate_json(text) if text else config_from_params(run.data.params)
+        base = config_of(client.get_run(top))
+        cfgs = [base]
+        for run_id in done["run_id"]:
+            if run_id != top:
+                with contextlib.suppress(
+                    ValueError
+                ):  # a run whose params give no config: its shape is left out
+                    cfgs.append(config_of(client.get_run(run_id)))
     except ValueError as err:
         raise UserError(f"run {top}: its tags and params do not give a trainer config ({err})") from None
-    return runs, base
+    return runs, base, shape_of_runs(cfgs)
 
 
 def points_cell(p: Any) -> str:
@@ -159,13 +222,26 @@ def main(args: argparse.Namespace) -> int:
     from windtunnel.orchestrator.propose import propose, sweep_fragment
 
     check_args(args)
-    runs, base = load_experiment(args)
+    runs, base, shape = load_experiment(args)
     points = None
     if args.points is not None:
         kind = base.schedule.kind
         points = parse_points(args.points, args.points_mode or (kind if kind in ("wsm", "wsd") else "wsm"))
+    law, why = resolve_law(args, runs)
     try:
-        ps = propose(runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed, points=points)
+        if law == "frontier":
+            from windtunnel.orchestrator.propose_frontier import propose_budgets
+
+            ps = propose_budgets(
+                runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed, shape=shape,
+                n_sizes=args.block_sizes, lr_factors=parse_factors(args.lr_factors),
+            )  # fmt: skip
+        else:
+            ps = propose(
+                runs, base, args.target, args.k, args.budget, args.bootstrap, args.seed, shape=shape,
+                points=points,
+            )  # fmt: skip
+        ps.notes.insert(0, f"designed for the {law} law ({why})")
     except ValueError as err:
         raise UserError(str(err).splitlines()[0]) from None
     print_proposals(ps)

@@ -131,6 +131,19 @@ def shape_of(cfg: RunConfig) -> TargetShape:
     )
 
 
+def shape_of_runs(cfgs: list[RunConfig]) -> TargetShape:
+    """The width/depth rule of a set of runs (``shape_of`` of the widest), with the aspect ratio read from
+    all of them: one model cannot tell a one-layer ladder (every run 1 layer, any width) from a rule of
+    d_model / n_layers = its own width; the median d_model / n_layers of the multi-layer runs, or 1e5 (one
+    layer at every width the rule reaches) when every run has one layer."""
+    if not cfgs:
+        raise ValueError("needs at least one run config")
+    widest = max(cfgs, key=lambda c: c.model.d_model)
+    deep = [c.model.d_model / c.model.n_layers for c in cfgs if c.model.n_layers > 1]
+    aspect = float(np.median(deep)) if deep else 1e5
+    return shape_of(widest).model_copy(update={"aspect_ratio": aspect})
+
+
 def model_sizes(
     base: RunConfig, shape: TargetShape, n_min: float, n_max: float
 ) -> list[tuple[RunConfig, float]]:
