@@ -69,6 +69,23 @@ def test_wrong_sign_and_non_finite_coefficients_are_refused(runs) -> None:
     assert degenerate(Law("x", "", {"a": 1.0, "b": 0.5}), spec) is None
 
 
+def test_frontier_with_its_floor_at_zero_is_a_pure_power_law_not_a_refusal() -> None:
+    """Four budgets on L = 20·C^(−0.07) exactly (no floor): the fit puts E at ~0 (on the validation ladder's
+    four lower budgets e^(log E) underflowed to 0.0 exactly). That is a pure power law, kept with a note;
+    E = 0 passes the sign check, a negative E is still refused."""
+    C = np.repeat([1e10, 3e10, 1e11, 3e11], 3) * np.tile([1.0, 1.01, 0.99], 4)
+    L = 20.0 * C**-0.07 * np.tile([1.0, 1.05, 1.1], 4)
+    runs = pd.DataFrame({"run_id": [f"r{i}" for i in range(12)], "compute": C, "loss": L})
+    ls = fit_laws(runs, laws=["frontier"], bootstrap=0)
+    assert "frontier" in ls.laws, ls.errors
+    law = ls.laws["frontier"]
+    assert law.coefficients["E"] < 1e-6 and law.coefficients["alpha"] == pytest.approx(0.07, rel=1e-3)
+    assert "pure power law" in law.notes["E_at_bound"]
+    spec = law_spec("frontier")
+    assert degenerate(Law("f", "", {"E": 0.0, "A": 20.0, "alpha": 0.07}), spec) is None
+    assert "E = -0.1 (expected >= 0)" in degenerate(Law("f", "", {"E": -0.1, "A": 20.0, "alpha": 0.07}), spec)
+
+
 def test_duplicate_run_ids_warn_and_count_once(runs) -> None:
     doubled = pd.concat([runs, runs.iloc[:7]], ignore_index=True)
     with pytest.warns(DuplicateRunWarning, match="7 rows repeat an earlier run_id"):

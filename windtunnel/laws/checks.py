@@ -2,8 +2,8 @@
 
 A law is refused, with its reason, instead of being reported fitted when: the loss it is fitted to is flat
 (every usable run has the same loss up to ``FLAT_REL_SPREAD``: nothing to fit), a coefficient is not finite,
-or a coefficient whose sign is known (``LawSpec.signs``, e.g. an allocation exponent b > 0) has the other
-sign.
+or a coefficient whose sign is known (``LawSpec.signs``, e.g. an allocation exponent b > 0; 0 for a
+coefficient that may sit at its bound 0, such as the frontier's floor E) has the other sign.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def degenerate(law: Law, spec: LawSpec) -> str | None:
     bad = [k for k, v in law.coefficients.items() if not np.isfinite(v)]
     if bad:
         return f"degenerate fit: non-finite coefficient(s) {', '.join(bad)}"
+    expected = {1: "> 0", -1: "< 0", 0: ">= 0"}
     wrong = [
-        f"{k} = {law.coefficients[k]:.4g} (expected {'> 0' if sign > 0 else '< 0'})"
+        f"{k} = {law.coefficients[k]:.4g} (expected {expected[sign]})"
         for k, sign in spec.signs
-        if k in law.coefficients and law.coefficients[k] * sign <= 0
+        if k in law.coefficients and (law.coefficients[k] * sign <= 0 if sign else law.coefficients[k] < 0)
     ]
     if wrong:
         return f"degenerate fit: wrong sign of {', '.join(wrong)}"

@@ -58,7 +58,7 @@ register(
         fit=lambda runs, o: fit_frontier_law(runs, n_boot=o.n_boot, rng=o.rng),
         evaluate=lambda c, x: frontier_value(c["E"], c["A"], c["alpha"], np.asarray(x, dtype=float)),
         rank=30,
-        signs=(("E", 1), ("A", 1), ("alpha", 1)),
+        signs=(("E", 0), ("A", 1), ("alpha", 1)),  # E = 0 (e^(log E) underflowed): a pure power law
     )
 )
 

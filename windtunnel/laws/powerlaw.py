@@ -214,6 +214,11 @@ def fit_frontier_law(runs, n_boot: int = 200, rng: np.random.Generator | None = 
             samples = {"E": np.exp(x[:, 1]), "A": np.exp(x[:, 0]), "alpha": x[:, 2]}
         law.ci95 = {k: percentile_ci(v) for k, v in samples.items()}
         law.samples = {k: v.tolist() for k, v in samples.items()}
+    if coefs["E"] < 1e-6 * float(L[fp].min()):
+        law.notes["E_at_bound"] = (
+            f"E = {coefs['E']:.3g}: the budgets identify no irreducible loss, so the law is a pure power law "
+            "A*C^(-alpha); a floor E > 0 beyond the ladder would make it predict too low far out"
+        )
     sigma_res = residual_scale(np.log(frontier_value_log(x_hat, C[fp])) - np.log(L[fp]))
     law.extra["pi95"] = pi95_record(sigma_res, 0.0)
     if backtest:

@@ -37,10 +37,11 @@ class LawSpec:
     ``subset``: "primary" = the MoE runs when the table has both families, else all runs; "dense" = the dense
     runs of a table with both families; "all" = every run. ``fit_by_default(clean_runs, both_families)``
     says whether ``fit_laws`` without an explicit list fits it. ``signs`` maps a coefficient whose sign is
-    known (e.g. an allocation exponent) to +1 or -1: a fit with the other sign is refused. ``rank`` orders
-    ``DEFAULT_LAWS``. ``uses_points``: the law also takes the rows a run's points add (``trainer.points``,
-    ``windtunnel.runtable.point_rows``); laws that pick an optimum among runs at one budget (IsoFLOP,
-    hyper-parameter, leverage, frontier) assume one row per run at its own budget and see only runs' own rows.
+    known (e.g. an allocation exponent) to +1 or -1, or 0 for "not negative" (a bound the fit may reach):
+    a fit with the other sign is refused. ``rank`` orders ``DEFAULT_LAWS``. ``uses_points``: the law also
+    takes the rows a run's points add (``trainer.points``, ``windtunnel.runtable.point_rows``); laws that
+    pick an optimum among runs at one budget (IsoFLOP, hyper-parameter, leverage, frontier) assume one row
+    per run at its own budget and see only runs' own rows.
     """
 
     name: str
