@@ -49,6 +49,7 @@ def law_lines(lawset: Any) -> list[str]:
             + f" (n={law.n_runs}"
             + (f"; backtest {bt})" if bt else ")")
             + (f"; not identified: {why}" if (why := law.notes.get("degenerate_reason")) else "")
+            + (f"; {note}" if (note := law.notes.get("E_at_bound")) else "")
         )
     for name, reason in getattr(lawset, "errors", {}).items():
         lines.append(f"{name}: not fitted: {reason}")
