@@ -31,3 +31,28 @@ def micro_base(tokens: int, eval_batches: int = 2) -> dict[str, Any]:
         "optim": {"lr": 3e-3, "batch_size": 8, "tokens": tokens},
         "schedule": {"kind": "wsd"},
     }
+
+
+def law_runs(base: Any, n_range: tuple[float, float], budgets: tuple[float, ...]) -> Any:
+    """A run table (no training) of the micro rule's shapes with N in ``n_range`` at each IsoFLOP budget,
+    losses from L = 1.5 + 40/N^0.3 + 60/D^0.3 with 0.3 % noise (seed 0): for design tests with a known law."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from trainer.flops import flops_per_token
+    from windtunnel.orchestrator.propose import model_sizes, shape_of
+    from windtunnel.runtable import validate_run_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for cfg, n in model_sizes(base, shape_of(base), *n_range):
+        m = float(flops_per_token(cfg.model))
+        for c in budgets:
+            d = c / m
+            loss = (1.5 + 40.0 / n**0.3 + 60.0 / d**0.3) * math.exp(0.003 * rng.standard_normal())
+            rows.append({"params": n, "m": m, "tokens": d, "compute": c, "loss": loss, "lr": 3e-3})
+    runs = pd.DataFrame(rows)
+    runs["batch_tokens"] = base.batch_tokens
+    return validate_run_table(runs)

@@ -4,22 +4,19 @@ narrows, and a sweep fragment the orchestrator expands into exactly those runs."
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from micro_spec import MICRO_DATA, micro_base
+from micro_spec import MICRO_DATA, law_runs, micro_base
 
 from trainer.config import RunConfig
-from trainer.flops import count_params, flops_per_token
+from trainer.flops import count_params
 from windtunnel.errors import SpecError
-from windtunnel.orchestrator.propose import model_sizes, propose, shape_of, sweep_fragment
+from windtunnel.orchestrator.propose import propose, sweep_fragment
 from windtunnel.orchestrator.spec import expand, parse_spec
-from windtunnel.runtable import validate_run_table
 
 LADDER = {"budgets": [1.0e9], "rule": {"n_sizes": 3, "d_model_min": 16, "d_model_max": 48, "head_dim": 8}}
 
@@ -114,18 +111,7 @@ def test_cli_refuses_bad_points_in_one_line(extra: list[str], message: str):
 
 def _law_runs(base: RunConfig) -> pd.DataFrame:
     """Runs of the micro rule's shapes at 3 IsoFLOP budgets; L = E + A/N^alpha + B/D^beta, 0.3 % noise."""
-    shape = shape_of(base)
-    rng = np.random.default_rng(0)
-    rows = []
-    for cfg, n in model_sizes(base, shape, 3e3, 3e4):
-        m = float(flops_per_token(cfg.model))
-        for c in (2e9, 6e9, 2e10):
-            d = c / m
-            loss = (1.5 + 40.0 / n**0.3 + 60.0 / d**0.3) * math.exp(0.003 * rng.standard_normal())
-            rows.append({"params": n, "m": m, "tokens": d, "compute": c, "loss": loss, "lr": 3e-3})
-    runs = pd.DataFrame(rows)
-    runs["batch_tokens"] = base.batch_tokens
-    return validate_run_table(runs)
+    return law_runs(base, (3e3, 3e4), (2e9, 6e9, 2e10))
 
 
 def test_propose_gives_runnable_runs_that_narrow_the_interval():

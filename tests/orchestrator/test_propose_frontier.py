@@ -7,19 +7,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
-from micro_spec import MICRO_DATA, micro_base
+from micro_spec import MICRO_DATA, law_runs, micro_base
 
 from trainer.config import RunConfig
 from trainer.flops import flops_per_token
 from windtunnel.laws.design import frontier_log_jacobian
 from windtunnel.laws.powerlaw import frontier_value_log
-from windtunnel.orchestrator.propose import model_sizes, shape_of, shape_of_runs, sweep_fragment
+from windtunnel.orchestrator.propose import shape_of, shape_of_runs, sweep_fragment
 from windtunnel.orchestrator.propose_frontier import FrontierState, choose_blocks, propose_budgets
 from windtunnel.orchestrator.spec import expand, parse_spec
-from windtunnel.runtable import validate_run_table
 
 
 def test_frontier_jacobian_matches_finite_differences():
@@ -47,27 +45,11 @@ def test_at_equal_cost_the_design_takes_the_budget_nearest_the_target():
     assert choice.width_after[0] < choice.width_before and choice.width_after[1] <= choice.width_after[0]
 
 
-def _iso_runs(base: RunConfig) -> pd.DataFrame:
-    """Runs of the micro rule's 5 shapes at 4 IsoFLOP budgets whose optima they bracket;
-    L = E + A/N^alpha + B/D^beta, 0.3 % noise."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for cfg, n in model_sizes(base, shape_of(base), 2e3, 2e5):
-        m = float(flops_per_token(cfg.model))
-        for c in (2e10, 6e10, 2e11, 6e11):
-            d = c / m
-            loss = (1.5 + 40.0 / n**0.3 + 60.0 / d**0.3) * math.exp(0.003 * rng.standard_normal())
-            rows.append({"params": n, "m": m, "tokens": d, "compute": c, "loss": loss, "lr": 3e-3})
-    runs = pd.DataFrame(rows)
-    runs["batch_tokens"] = base.batch_tokens
-    return validate_run_table(runs)
-
-
 def test_propose_budgets_gives_blocks_at_their_budgets_around_m_opt():
     from windtunnel.orchestrator.expand import trial_flops
 
     base = RunConfig.from_dict({**micro_base(40_000), "data": MICRO_DATA})
-    runs = _iso_runs(base)
+    runs = law_runs(base, (2e3, 2e5), (2e10, 6e10, 2e11, 6e11))  # 5 sizes bracket every optimum
     ps = propose_budgets(runs, base, target_compute=2e13, k=2, bootstrap=20, n_sizes=3, lr_factors=(0.5, 1.0))
     assert len(ps.proposals) == 2 * 3 * 2  # 2 blocks x 3 sizes x 2 LRs
     assert ps.width_after <= ps.width_before
