@@ -135,6 +135,7 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from windtunnel.laws.cli import _load_runs
     from windtunnel.orchestrator.propose import config_from_params, shape_of_runs
     from windtunnel.orchestrator.spec_target import TARGET_STUDY
+    from windtunnel.orchestrator.tracking import ROLE, search_all
 
     ns = argparse.Namespace(runs=None, experiment=args.experiment, tracking_uri=args.tracking_uri)
     runs = _load_runs(ns)
@@ -153,15 +154,16 @@ def load_experiment(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     top = done.loc[done["compute"].idxmax(), "run_id"]
     try:
         base = config_of(client.get_run(top))
-        cfgs = [base]
-        for run_id in done["run_id"]:
-            if run_id != top:
-                with contextlib.suppress(
-                    ValueError
-                ):  # a run whose params give no config: its shape is left out
-                    cfgs.append(config_of(client.get_run(run_id)))
     except ValueError as err:
         raise UserError(f"run {top}: its tags and params do not give a trainer config ({err})") from None
+    # the other finished trials' shapes, from one search of the experiment (not one request per run)
+    exp_id = client.get_experiment_by_name(args.experiment).experiment_id
+    wanted = set(done["run_id"]) - {top}
+    cfgs = [base]
+    for run in search_all(client, exp_id, f"tags.`{ROLE}` = 'trial'"):
+        if run.info.run_id in wanted:
+            with contextlib.suppress(ValueError):  # a run whose params give no config: its shape is left out
+                cfgs.append(config_of(run))
     return runs, base, shape_of_runs(cfgs)
 
 
