@@ -265,6 +265,14 @@ def calibration(value: float, lo: float, hi: float, var_lin: float, sigma_log: f
     return var_law / var_lin if var_lin > 0 and var_law > 0 else 1.0
 
 
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs a design fits: finished, with a finite loss (UserError when there are none)."""
+    finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
+    if len(finished) == 0:
+        raise UserError("no finished runs to fit")
+    return finished
+
+
 @dataclass
 class TargetFit:
     """The fitted law at the target: x̂, its bootstrap Σ, the residual scales, the compute-optimal target
@@ -300,9 +308,7 @@ def fit_target(
     ``point`` (a fixed target run)."""
     from windtunnel.laws.lawset import fit_laws
 
-    finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
-    if len(finished) == 0:
-        raise UserError("no finished runs to fit")
+    finished = finished_runs(runs)
     lawset = fit_laws(finished, laws=["parametric", "lr_opt", "batch_opt"], bootstrap=bootstrap, seed=seed)
     x_hat, Sigma, sigma_res, sigma_log = law_state(lawset)
     top = finished.loc[finished["compute"].idxmax()]

@@ -31,7 +31,7 @@ import pandas as pd
 from trainer.config import ConfigError, RunConfig
 from windtunnel.errors import UserError
 from windtunnel.laws import design
-from windtunnel.orchestrator.propose import SIGMA_FLOOR, calibration, hparam_rule, shape_of
+from windtunnel.orchestrator.propose import SIGMA_FLOOR, calibration, finished_runs, hparam_rule, shape_of
 from windtunnel.orchestrator.spec_target import TargetShape
 
 
@@ -94,16 +94,13 @@ class BudgetBlock:
 @dataclass
 class BlockChoice:
     """The blocks a design picked (in order), the law's interval width at the target before, and the
-    expected width after each pick (the law's scale, its asymmetry kept)."""
+    expected width after each pick (the law's scale, its asymmetry kept), and the width of the interval's
+    floor (the coefficients known exactly)."""
 
     chosen: list[int] = field(default_factory=list)
     width_before: float = 0.0
     width_after: list[float] = field(default_factory=list)
-
-
-def g_target(state: FrontierState) -> np.ndarray:
-    """g = ∂ log L*(C_target) / ∂x."""
-    return design.frontier_log_jacobian(state.x_hat, [state.target_compute])[0]
+    width_floor: float = 0.0  # what the residual and backtest scale alone give: no block lowers it
 
 
 def choose_blocks(
@@ -116,7 +113,7 @@ def choose_blocks(
 ) -> BlockChoice:
     """Up to ``k`` blocks (a frontier point at each of ``budgets_B``, costing ``cost_B`` FLOPs) that most
     lower the frontier law's interval at the target per FLOP, within ``budget`` (module docstring)."""
-    g = g_target(state)
+    g = design.frontier_log_jacobian(state.x_hat, [state.target_compute])[0]  # ∂ log L*(C_target) / ∂x
     J_BP = design.frontier_log_jacobian(state.x_hat, budgets_B)
     sigma2 = max(state.sigma_res, sigma_floor) ** 2
     scale = calibration(
@@ -131,6 +128,7 @@ def choose_blocks(
         chosen=list(d.chosen),
         width_before=state.width,
         width_after=[asym * design.pi95_width(state.value, v, state.sigma_log) for v in d.var_after],
+        width_floor=asym * design.pi95_width(state.value, 0.0, state.sigma_log),
     )
 
 
@@ -198,9 +196,7 @@ def propose_budgets(
     from windtunnel.orchestrator.expand import trial_flops
     from windtunnel.orchestrator.propose import Proposal, ProposalSet
 
-    finished = runs[(runs["status"] == "finished") & np.isfinite(runs["loss"])].reset_index(drop=True)
-    if len(finished) == 0:
-        raise UserError("no finished runs to fit")
+    finished = finished_runs(runs)
     lawset = fit_laws(
         finished, laws=["frontier", "m_opt", "lr_opt", "batch_opt"], bootstrap=bootstrap, seed=seed
     )
@@ -234,13 +230,9 @@ def propose_budgets(
         for cfg in blocks[i].runs:
             n = float(count_params(cfg.model).active_nonembed)
             out.proposals.append(Proposal(cfg, n, cfg.optim.tokens, trial_flops(cfg), width))
-    floor = design.pi95_width(state.value, 0.0, state.sigma_log)
-    lin = design.pi95_width(
-        state.value, design.target_variance(state.Sigma, g_target(state)), state.sigma_log
-    )
     notes.append(
         f"the residual and backtest scale (sigma_log {state.sigma_log:.4f}) alone make a width of about "
-        f"{floor * state.width / lin if lin > 0 else floor:.4f}: the design lowers the coefficients' part "
+        f"{choice.width_floor:.4f}: the design lowers the coefficients' part "
         "only; the backtest error, a misfit of the power law across budgets, is re-measured once a new top "
         "budget exists (benchmarks/design_frontier.py replays this on the validation ladder)"
     )
