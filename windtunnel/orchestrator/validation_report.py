@@ -140,8 +140,10 @@ def _law_curve(lawset: Any, law: str, grid_C: np.ndarray) -> list[float]:
     curve = []
     for c in grid_C:
         try:
-            point, _ = point_from_compute(lawset, float(c))
-            x = (point["params"], point["tokens"]) if law == "parametric" else float(c)
+            x: Any = float(c)
+            if law == "parametric":  # the allocation laws' (N, D) at C; the frontier needs C alone
+                point, _ = point_from_compute(lawset, float(c))
+                x = (point["params"], point["tokens"])
             curve.append(float(lawset.predict(law, x)[0]))
         except (PredictionError, KeyError):
             curve.append(math.nan)
