@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,40 +35,23 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments/results"
-STUDIES = [
-    "windtunnel_validation_cpu_lr",
-    "windtunnel_validation_cpu_lr_50x",
-    "windtunnel_validation_cpu_lr_100x",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the validation study's files
+
+from validation_targets import ladder_runs, summaries  # noqa: E402
 
 
 def targets() -> list[dict]:
     """(compute, observed mean loss, seed std, factor) of every committed target of the LR ladder."""
-    out = []
-    for name in STUDIES:
-        path = RESULTS / name / "summary.json"
-        if path.is_file():
-            s = json.loads(path.read_text())
-            out.append(
-                {
-                    "study": name,
-                    "compute": float(s["target_compute"]),
-                    "observed": float(s["observed_loss"]),
-                    "seed_std": float(s["seed_noise_std"]),
-                    "factor": float(s["extrapolation_factor"]),
-                }
-            )
-    return out
-
-
-def ladder() -> pd.DataFrame:
-    for name in reversed(STUDIES):
-        path = RESULTS / name / "runs.csv"
-        if path.is_file():
-            runs = pd.read_csv(path)
-            return runs[(runs["status"] == "finished") & (runs["study"] != "target")].reset_index(drop=True)
-    raise SystemExit("no runs.csv of the LR-searched validation study under experiments/results")
+    return [
+        {
+            "study": s["study"],
+            "compute": float(s["target_compute"]),
+            "observed": float(s["observed_loss"]),
+            "seed_std": float(s["seed_noise_std"]),
+            "factor": float(s["extrapolation_factor"]),
+        }
+        for s in summaries()
+    ]
 
 
 def fit(runs: pd.DataFrame, bootstrap: int):
@@ -107,7 +91,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/design_frontier.json")
     args = ap.parse_args()
     t0 = time.time()
-    runs, tgts = ladder(), targets()
+    runs, tgts = ladder_runs(), targets()
     labels, centers = budget_labels(runs["compute"].to_numpy(float))
     start = runs[labels < args.start]
     base_set = fit(start, args.bootstrap)

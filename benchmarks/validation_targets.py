@@ -39,6 +39,23 @@ def local_slope(points: list[tuple[float, float]]) -> float:
     return float(-np.polyfit(x, y, 1)[0])
 
 
+def summaries() -> list[dict]:
+    """The committed ``summary.json`` of each study of the LR-searched ladder that has one, 30x first, with
+    the study's name added as ``study``."""
+    paths = {name: RESULTS / name / "summary.json" for name in STUDIES}
+    return [{**json.loads(path.read_text()), "study": name} for name, path in paths.items() if path.is_file()]
+
+
+def ladder_runs() -> pd.DataFrame:
+    """The ladder's finished runs (no target run) from the newest committed run table."""
+    for name in reversed(STUDIES):
+        path = RESULTS / name / "runs.csv"
+        if path.is_file():
+            runs = pd.read_csv(path)
+            return runs[(runs["status"] == "finished") & (runs["study"] != "target")].reset_index(drop=True)
+    raise SystemExit("no runs.csv of the LR-searched validation study under experiments/results")
+
+
 def main() -> None:
     import matplotlib
     import matplotlib.ticker
@@ -52,19 +69,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=RESULTS / STUDIES[-1] / "targets_vs_frontier.png")
     args = ap.parse_args()
-    summaries = [json.loads((RESULTS / s / "summary.json").read_text()) for s in STUDIES]
-    runs = pd.read_csv(RESULTS / STUDIES[-1] / "runs.csv")
-    runs = runs[(runs["status"] == "finished") & (runs["study"] != "target")]
+    found, runs = summaries(), ladder_runs()
     C, L = runs["compute"].to_numpy(float), runs["loss"].to_numpy(float)
     labels, _ = budget_labels(C)
     fp = frontier_points(C, L, labels)
     ladder = sorted(zip(C[fp], L[fp], strict=True))
     coefs, x = fit_frontier(C[fp], L[fp])
-    targets = [(s["target_compute"], s["observed_loss"]) for s in summaries]
+    targets = [(s["target_compute"], s["observed_loss"]) for s in found]
 
     print(f"frontier on the ladder: E={coefs['E']:.3g}, A={coefs['A']:.4g}, alpha={coefs['alpha']:.4f}")
     print("| target | recorded prediction [95 % PI] | law | observed (seeds) | error | epochs |")
-    for s in summaries:
+    for s in found:
         lo, hi = s["pi95"]
         seeds = " / ".join(f"{v:.4f}" for v in s["observed_losses"])
         epochs = s.get("target_epochs", float("nan"))
@@ -72,7 +87,7 @@ def main() -> None:
         print(f"| {factor:.0f}x | {pred:.4f} [{lo:.3f}, {hi:.3f}] | {s['law']} | "
               f"{s['observed_loss']:.4f} ({seeds}) | {s['error']:+.4f} | {epochs:.2f} |")  # fmt: skip
     slopes = {"ladder top 3 budgets": local_slope(ladder[-3:]), "fitted frontier (mean)": coefs["alpha"]}
-    for a, b in zip(summaries, summaries[1:], strict=False):
+    for a, b in zip(found, found[1:], strict=False):
         pair = [(a["target_compute"], a["observed_loss"]), (b["target_compute"], b["observed_loss"])]
         slopes[f"{a['extrapolation_factor']:.0f}x -> {b['extrapolation_factor']:.0f}x"] = local_slope(pair)
     for name, v in slopes.items():
@@ -83,7 +98,7 @@ def main() -> None:
     ax.scatter(*zip(*ladder, strict=True), s=22, color="k", label="ladder frontier points")
     grid = np.geomspace(min(C) / 1.5, max(t[0] for t in targets) * 1.5, 200)
     ax.plot(grid, frontier_value_log(x, grid), color="C0", label=f"frontier law, alpha {coefs['alpha']:.3f}")
-    for i, s in enumerate(summaries):
+    for i, s in enumerate(found):
         c = s["target_compute"]
         lo, hi = s["pi95"]
         p = s["predicted_loss"]
